@@ -1,0 +1,93 @@
+"""Padded sequence batches and the order in which sequences are batched.
+
+bbvae's data convention: a batch of sequences is ``x`` shaped ``[batch, time, *obs_shape]``
+(batch-major), ``lengths`` shaped ``[batch]`` (long), and optional side ``inputs`` shaped
+``[batch, time, d_in]``. Entries at ``t >= lengths[b]`` are padding and hold zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["SequenceBatch", "batch_indices"]
+
+
+class SequenceBatch(NamedTuple):
+    """A padded batch of variable-length sequences.
+
+    Attributes:
+        x: observations ``[batch, time, *obs_shape]``; ``time`` is the longest length in the
+            batch. Float frames for piano rolls (``[B, T, 88]``), long indices for text
+            (``[B, T]``). Zeros past each sequence's length.
+        lengths: ``[batch]`` long, the number of valid steps of each sequence (all >= 1).
+        inputs: side inputs ``[batch, time, d_in]`` (for step ``t``, built from steps before
+            ``t`` only), zeros at ``t >= lengths[b]``; or ``None``.
+    """
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    inputs: torch.Tensor | None = None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[batch, time]`` bool, True where ``t < lengths[b]`` (on ``x``'s device)."""
+        steps = torch.arange(self.x.shape[1], device=self.x.device)
+        return steps.unsqueeze(0) < self.lengths.unsqueeze(1)
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def batch_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    sort_by_length: bool = False,
+) -> list[list[int]]:
+    """Split the indices ``0..n-1`` of ``n`` sequences into batches.
+
+    This is the batch order used by :func:`~bbvae.data.pianoroll_batches` and
+    :func:`~bbvae.data.text_batches`; call it yourself to know which sequence landed where.
+
+    Args:
+        lengths: the ``n`` sequence lengths (only used when ``sort_by_length``).
+        batch_size: sequences per batch (the last batch may be smaller).
+        shuffle: shuffle with ``torch.randperm(n, generator=generator)``. With
+            ``sort_by_length`` the batches' composition is fixed and only their order is
+            shuffled.
+        generator: torch generator for reproducible shuffling (default: torch's global RNG).
+        drop_last: drop a final batch smaller than ``batch_size``.
+        sort_by_length: bucket by length: sort by decreasing length (ties keep their order),
+            so every batch is in decreasing order of length (as
+            ``torch.nn.utils.rnn.pack_padded_sequence(enforce_sorted=True)`` wants) and holds
+            sequences of similar length, which wastes less padding.
+
+    Returns:
+        a list of batches, each a list of indices into the ``n`` sequences.
+    """
+    batch_size = _check_batch_size(batch_size)
+    n = len(lengths)
+    if sort_by_length:
+        order = sorted(range(n), key=lambda i: -int(lengths[i]))
+    elif shuffle:
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if sort_by_length and shuffle:
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        batches = [batches[i] for i in perm]
+    return batches
