@@ -40,9 +40,7 @@ def check_tensor(name: str, value, where: str) -> torch.Tensor:
     return value
 
 
-def check_shape(
-    name: str, value: torch.Tensor, expected: Sequence[int | str | None], where: str
-) -> None:
+def check_shape(name: str, value: torch.Tensor, expected: Sequence[int | str | None], where: str) -> None:
     """Check ``value.shape`` against ``expected``; ``None`` or a string matches any size.
 
     Strings name the dimension in the message, e.g. ``("batch", 784)`` prints as
@@ -54,8 +52,7 @@ def check_shape(
     if not ok:
         shown = [("*" if e is None else e) for e in expected]
         raise ValueError(
-            f"{where}: expected {name} of shape {shape_str(shown)}, "
-            f"got {shape_str(list(value.shape))}"
+            f"{where}: expected {name} of shape {shape_str(shown)}, got {shape_str(list(value.shape))}"
         )
 
 

@@ -53,16 +53,12 @@ class GaussianInfNet(InfNet):
     ``scale_tril`` ``[L, L]`` (full).
     """
 
-    def __init__(
-        self, x_dim: int, z_dim: int, hidden: Sequence[int] = (), covariance: str = "diag"
-    ) -> None:
+    def __init__(self, x_dim: int, z_dim: int, hidden: Sequence[int] = (), covariance: str = "diag") -> None:
         super().__init__()
         check_positive_int("x_dim", x_dim, "GaussianInfNet")
         check_positive_int("z_dim", z_dim, "GaussianInfNet")
         if covariance not in ("diag", "full"):
-            raise ValueError(
-                f"GaussianInfNet: expected covariance 'diag' or 'full', got {covariance!r}"
-            )
+            raise ValueError(f"GaussianInfNet: expected covariance 'diag' or 'full', got {covariance!r}")
         self.x_dim, self.z_dim, self.covariance = x_dim, z_dim, covariance
         n_out = 2 * z_dim if covariance == "diag" else z_dim
         self.net = mlp([x_dim, *hidden, n_out])
@@ -111,9 +107,7 @@ class LinearGaussianGenModel(GenModel):
     ``params_``: ``loc`` ``[batch, n_samples, D]`` and ``scale`` (scalar tensor).
     """
 
-    def __init__(
-        self, z_dim: int, x_dim: int, noise_std: float = 1.0, learn_noise: bool = True
-    ) -> None:
+    def __init__(self, z_dim: int, x_dim: int, noise_std: float = 1.0, learn_noise: bool = True) -> None:
         super().__init__()
         check_positive_int("z_dim", z_dim, "LinearGaussianGenModel")
         check_positive_int("x_dim", x_dim, "LinearGaussianGenModel")

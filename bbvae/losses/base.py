@@ -97,9 +97,7 @@ class Loss(nn.Module):
         if not isinstance(inf_net, nn.Module) or not callable(getattr(inf_net, "log_prob", None)):
             raise TypeError(f"{name}: expected inf_net to be an InfNet, got {type(inf_net).__name__}")
         if not isinstance(gen_model, nn.Module) or not callable(getattr(gen_model, "log_prob", None)):
-            raise TypeError(
-                f"{name}: expected gen_model to be a GenModel, got {type(gen_model).__name__}"
-            )
+            raise TypeError(f"{name}: expected gen_model to be a GenModel, got {type(gen_model).__name__}")
         check_positive_int("n_samples", n_samples, name, minimum=self.min_samples)
         self.inf_net = inf_net
         self.gen_model = gen_model
@@ -183,7 +181,7 @@ class Loss(nn.Module):
         if self._warned_ess or not (self.ess_.device.type == "cpu"):
             return
         k = self.log_p_.shape[1]
-        if k >= 4 and bool((self.ess_.mean() < 1.05)):
+        if k >= 4 and bool(self.ess_.mean() < 1.05):
             self._warned_ess = True
             warnings.warn(
                 f"{type(self).__name__}: the effective sample size collapsed to about 1 of {k} "
