@@ -144,6 +144,24 @@ class LinearGaussianGenModel(GenModel):
         _check_last_dim(x, self.x_dim, "LinearGaussianGenModel.exact_log_prob")
         return self.marginal().log_prob(x)
 
+    def expected_elbo(self, x: torch.Tensor, loc: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """Exact ELBO ``[batch]`` of a Gaussian q(z|x) = N(loc, cov), in closed form.
+
+        ``E_q[log p(x|z)] - KL(q || p(z))`` with ``loc`` ``[batch, L]`` and ``cov``
+        ``[L, L]`` or ``[batch, L, L]``; differentiable in every argument, so its
+        autograd gradient is the reference for gradient estimators.
+        """
+        _check_last_dim(x, self.x_dim, "LinearGaussianGenModel.expected_elbo")
+        noise_var = (2 * self.log_noise_std).exp()
+        resid = x - loc @ self.weight.T - self.bias  # [batch, D]
+        trace_wsw = torch.einsum("dl,...lm,dm->...", self.weight, cov, self.weight)
+        expected_log_lik = -0.5 * (
+            self.x_dim * torch.log(2 * math.pi * noise_var) + (resid.square().sum(-1) + trace_wsw) / noise_var
+        )
+        trace_cov = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+        kl = 0.5 * (trace_cov + loc.square().sum(-1) - self.z_dim - torch.logdet(cov))
+        return expected_log_lik - kl
+
     def posterior_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Exact posterior ``p(z|x) = N(A x + c, S)`` as ``(A [L, D], c [L], S [L, L])``.
 

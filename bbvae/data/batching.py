@@ -46,6 +46,11 @@ def _check_batch_size(batch_size: object) -> int:
     return batch_size
 
 
+def _device_of(generator: torch.Generator | None) -> torch.device:
+    """Where to draw a permutation: the generator's device (host memory without one)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def batch_indices(
     lengths: Sequence[int],
     batch_size: int,
@@ -63,9 +68,9 @@ def batch_indices(
     Args:
         lengths: the ``n`` sequence lengths (only used when ``sort_by_length``).
         batch_size: sequences per batch (the last batch may be smaller).
-        shuffle: shuffle with ``torch.randperm(n, generator=generator)``. With
-            ``sort_by_length`` the batches' composition is fixed and only their order is
-            shuffled.
+        shuffle: shuffle with ``torch.randperm(n, generator=generator)`` (drawn on the
+            generator's device, the CPU without one). With ``sort_by_length`` the batches'
+            composition is fixed and only their order is shuffled.
         generator: torch generator for reproducible shuffling (default: torch's global RNG).
         drop_last: drop a final batch smaller than ``batch_size``.
         sort_by_length: bucket by length: sort by decreasing length (ties keep their order),
@@ -81,13 +86,13 @@ def batch_indices(
     if sort_by_length:
         order = sorted(range(n), key=lambda i: -int(lengths[i]))
     elif shuffle:
-        order = torch.randperm(n, generator=generator).tolist()
+        order = torch.randperm(n, generator=generator, device=_device_of(generator)).tolist()
     else:
         order = list(range(n))
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     if sort_by_length and shuffle:
-        perm = torch.randperm(len(batches), generator=generator).tolist()
-        batches = [batches[i] for i in perm]
+        perm = torch.randperm(len(batches), generator=generator, device=_device_of(generator))
+        batches = [batches[i] for i in perm.tolist()]
     return batches

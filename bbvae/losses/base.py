@@ -90,6 +90,8 @@ class Loss(nn.Module):
 
     #: Minimum number of samples the estimator is defined for.
     min_samples = 1
+    #: Whether the bound weights its samples (IWAE-type); only then is an ESS collapse warned about.
+    importance_weighted = False
 
     def __init__(self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 1) -> None:
         super().__init__()
@@ -178,7 +180,7 @@ class Loss(nn.Module):
 
     def _warn_if_collapsed(self) -> None:
         # Reading the ESS synchronises with the device, so only on CPU or while validating.
-        if self._warned_ess or not (self.ess_.device.type == "cpu"):
+        if self._warned_ess or not self.importance_weighted or self.ess_.device.type != "cpu":
             return
         k = self.log_p_.shape[1]
         if k >= 4 and bool(self.ess_.mean() < 1.05):

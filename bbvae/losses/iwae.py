@@ -22,6 +22,8 @@ class IWAE(Loss):
             ratio for q does not vanish as K grows).
     """
 
+    importance_weighted = True
+
     def __init__(
         self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 1, estimator: str = "reparam"
     ) -> None:

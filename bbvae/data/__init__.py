@@ -1,0 +1,69 @@
+"""Data loading for sequence models.
+
+Every loader returns :class:`SequenceBatch` ``(x, lengths, inputs)``: ``x`` is
+``[batch, time, *obs_shape]`` (batch-major), ``lengths`` is ``[batch]`` long and ``inputs`` is
+``[batch, time, d_in]``; entries past a sequence's length are zeros. Tensors get their dtype and
+device from the ``dtype`` / ``device`` arguments only.
+
+- :mod:`bbvae.data.pianoroll`: Boulanger-Lewandowski piano rolls (JSB Chorales embedded),
+  FIVO-style centred, shifted inputs.
+- :mod:`bbvae.data.text`: character-level text (one-hot previous character as inputs).
+- :mod:`bbvae.data.midi`: MIDI files to piano rolls and back (optional dependency ``mido``;
+  imported lazily by its functions).
+- :mod:`bbvae.data.batching`: :class:`SequenceBatch` and the batch order.
+
+A ``synthetic.py`` (sequences drawn from a GaussianHMM) is to be added by its owner.
+"""
+
+from .batching import SequenceBatch, batch_indices
+from .midi import load_midi_folder, midi_to_pianoroll, pianoroll_to_midi
+from .pianoroll import (
+    HIGHEST_NOTE,
+    JSB_CHORALES_SHA256,
+    LOWEST_NOTE,
+    NUM_KEYS,
+    SPLITS,
+    PianoRollData,
+    PianoRollFormatError,
+    load_pianoroll,
+    notes_to_roll,
+    pianoroll_batch,
+    pianoroll_batches,
+    pianorolls_from_notes,
+    roll_to_notes,
+)
+from .text import (
+    TextData,
+    Vocabulary,
+    load_text,
+    text_batch,
+    text_batches,
+    text_sequences,
+)
+
+__all__ = [
+    "HIGHEST_NOTE",
+    "JSB_CHORALES_SHA256",
+    "LOWEST_NOTE",
+    "NUM_KEYS",
+    "SPLITS",
+    "PianoRollData",
+    "PianoRollFormatError",
+    "SequenceBatch",
+    "TextData",
+    "Vocabulary",
+    "batch_indices",
+    "load_midi_folder",
+    "load_pianoroll",
+    "load_text",
+    "midi_to_pianoroll",
+    "notes_to_roll",
+    "pianoroll_batch",
+    "pianoroll_batches",
+    "pianoroll_to_midi",
+    "pianorolls_from_notes",
+    "roll_to_notes",
+    "text_batch",
+    "text_batches",
+    "text_sequences",
+]

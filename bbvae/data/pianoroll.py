@@ -1,0 +1,516 @@
+"""Polyphonic piano rolls in the Boulanger-Lewandowski et al. (ICML 2012) pickle format.
+
+A piano-roll pickle holds a dict with the keys ``'train'``, ``'valid'`` and ``'test'``. Each is a
+list of sequences, a sequence is a list of time steps, and a time step is a tuple (or list, or
+1-D integer ndarray) of the MIDI note numbers sounding at that step, each in 21..108. Both the
+normalised pickles (built-in types only) and the published JSB Chorales pickle (numpy ``int64``
+scalars, pickle protocol 2) load. An empty time step is a rest.
+
+In memory a sequence is a bool array ``[T, 88]``; column ``j`` stands for MIDI note ``21 + j``.
+
+Batches follow the FIVO reference code (tensorflow/models, research/fivo, ``datasets.py``):
+targets ``x`` are the binary frames; ``inputs`` are the frames minus the training-set mean,
+shifted one step forward in time (zeros at ``t = 0``) and zeroed past each sequence's length.
+The training-set mean is taken over all training time steps (``calculate_pianoroll_mean.py``).
+
+Reference: N. Boulanger-Lewandowski, Y. Bengio and P. Vincent, "Modeling Temporal Dependencies in
+High-Dimensional Sequences: Application to Polyphonic Music Generation and Transcription",
+ICML 2012.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .batching import SequenceBatch, batch_indices
+
+__all__ = [
+    "HIGHEST_NOTE",
+    "JSB_CHORALES_SHA256",
+    "LOWEST_NOTE",
+    "NUM_KEYS",
+    "SPLITS",
+    "PianoRollData",
+    "PianoRollFormatError",
+    "load_pianoroll",
+    "notes_to_roll",
+    "pianoroll_batch",
+    "pianoroll_batches",
+    "pianorolls_from_notes",
+    "roll_to_notes",
+]
+
+LOWEST_NOTE = 21
+"""MIDI number of the lowest piano key (A0), column 0 of a roll."""
+HIGHEST_NOTE = 108
+"""MIDI number of the highest piano key (C8), column 87 of a roll."""
+NUM_KEYS = HIGHEST_NOTE - LOWEST_NOTE + 1
+"""Width of a piano roll: 88."""
+SPLITS = ("train", "valid", "test")
+"""The split keys every piano-roll pickle must hold."""
+JSB_CHORALES_SHA256 = "fbba472227deb8eef1bdb3185aba58e44f2581199893f6cfcc87edd774d50431"
+"""sha256 of the embedded default data set, ``bbvae/data/jsb_chorales.pkl``."""
+
+_DEFAULT_RESOURCE = "jsb_chorales.pkl"
+
+# Globals a piano-roll pickle may reference: numpy scalars (the published JSB pickle) and
+# numpy arrays (time steps stored as ndarrays). Anything else is refused, so loading a file
+# cannot run arbitrary code.
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+)
+
+
+class PianoRollFormatError(ValueError):
+    """A piano-roll file or dict does not follow the Boulanger-Lewandowski format."""
+
+
+class _PianoRollUnpickler(pickle.Unpickler):
+    """An unpickler that only builds built-in containers, ints and numpy integers/arrays."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load the global {module}.{name}; a piano-roll pickle may only hold "
+            "dicts, lists, tuples, ints and numpy integers"
+        )
+
+
+def _read_pickle(path: str | os.PathLike | None) -> tuple[object, str]:
+    """Unpickle ``path`` (or the embedded default when None); return (object, source name)."""
+    if path is None:
+        source = f"{__package__}/{_DEFAULT_RESOURCE} (embedded default)"
+        raw = resources.files(__package__).joinpath(_DEFAULT_RESOURCE).read_bytes()
+    else:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str, a path or None, got {type(path).__name__}")
+        file = Path(path)
+        source = str(file)
+        if not file.exists():
+            raise FileNotFoundError(errno.ENOENT, "No such piano-roll file", source)
+        if file.is_dir():
+            raise IsADirectoryError(
+                errno.EISDIR, "Expected a piano-roll pickle file, got a directory", source
+            )
+        raw = file.read_bytes()
+    try:
+        # latin1 lets Python 2 pickles (such as the published JSB one) restore numpy scalars.
+        obj = _PianoRollUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as exc:  # any failure here means the file is not a usable pickle
+        raise PianoRollFormatError(
+            f"{source}: not a readable piano-roll pickle ({type(exc).__name__}: {exc})"
+        ) from exc
+    return obj, source
+
+
+def _is_integer_type(cls: type) -> bool:
+    return issubclass(cls, (int, np.integer)) and not issubclass(cls, (bool, np.bool_))
+
+
+def _is_integer(value: object) -> bool:
+    return _is_integer_type(type(value))
+
+
+def _out_of_range(where: str, t: int, note: object) -> PianoRollFormatError:
+    return PianoRollFormatError(
+        f"{where}, time step {t}: note {int(note)} is outside the piano range "
+        f"{LOWEST_NOTE}..{HIGHEST_NOTE} (MIDI note numbers)"
+    )
+
+
+def notes_to_roll(sequence: Sequence, *, where: str = "sequence") -> np.ndarray:
+    """Convert one sequence of note tuples to a dense piano roll.
+
+    Args:
+        sequence: ``T >= 1`` time steps, each a tuple / list / 1-D integer ndarray of MIDI note
+            numbers in 21..108 (empty for a rest; a repeated note counts once).
+        where: how error messages name the sequence, e.g. ``"jsb.pkl: split 'train',
+            sequence 3"``.
+
+    Returns:
+        bool array ``[T, 88]``; entry ``[t, j]`` is True when MIDI note ``21 + j`` sounds at
+        step ``t``.
+
+    Raises:
+        PianoRollFormatError: the sequence is not a list of time steps, is empty, or holds a
+            non-integer note or one outside 21..108 (the message names the time step and note).
+    """
+    if not isinstance(sequence, (list, tuple)):
+        raise PianoRollFormatError(
+            f"{where}: expected a list of time steps, got {type(sequence).__name__}"
+        )
+    if len(sequence) == 0:
+        raise PianoRollFormatError(f"{where}: expected at least one time step, got none")
+    rows: list[int] = []
+    notes: list = []
+    for t, step in enumerate(sequence):
+        if isinstance(step, np.ndarray):
+            if step.ndim != 1:
+                raise PianoRollFormatError(
+                    f"{where}, time step {t}: expected a 1-D array of MIDI note numbers, "
+                    f"got an array of shape {list(step.shape)}"
+                )
+        elif not isinstance(step, (tuple, list)):
+            raise PianoRollFormatError(
+                f"{where}, time step {t}: expected a tuple of MIDI note numbers, "
+                f"got {type(step).__name__} {step!r}"
+            )
+        notes.extend(step)
+        rows.extend([t] * len(step))
+    roll = np.zeros((len(sequence), NUM_KEYS), dtype=bool)
+    if not notes:
+        return roll
+    values = None
+    if all(map(_is_integer_type, set(map(type, notes)))):
+        values = np.asarray(notes)  # int64, or object for ints beyond 64 bits
+    if values is None or values.dtype.kind not in "iu":
+        # Slow path, only reached by malformed data: report the first offending note.
+        for t, note in zip(rows, notes, strict=True):
+            if not _is_integer(note):
+                raise PianoRollFormatError(
+                    f"{where}, time step {t}: expected integer MIDI note numbers, "
+                    f"got {type(note).__name__} {note!r}"
+                )
+            if not LOWEST_NOTE <= note <= HIGHEST_NOTE:
+                raise _out_of_range(where, t, note)
+        values = np.asarray([int(n) for n in notes], dtype=np.int64)
+    bad = (values < LOWEST_NOTE) | (values > HIGHEST_NOTE)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise _out_of_range(where, rows[k], values[k])
+    roll[np.asarray(rows), values - LOWEST_NOTE] = True
+    return roll
+
+
+def roll_to_notes(roll: np.ndarray) -> list[tuple[int, ...]]:
+    """Inverse of :func:`notes_to_roll`.
+
+    Args:
+        roll: ``[T, 88]`` array, nonzero where a note sounds.
+
+    Returns:
+        ``T`` tuples of MIDI note numbers in ascending order (empty tuples for rests).
+    """
+    roll = np.asarray(roll)
+    if roll.ndim != 2 or roll.shape[1] != NUM_KEYS:
+        raise ValueError(f"roll: expected shape [T, {NUM_KEYS}], got {list(roll.shape)}")
+    return [tuple(int(j) + LOWEST_NOTE for j in np.flatnonzero(frame)) for frame in roll]
+
+
+def pianorolls_from_notes(data: object, *, source: str = "data") -> dict[str, list[np.ndarray]]:
+    """Validate an unpickled piano-roll dict and convert every sequence to a dense roll.
+
+    Args:
+        data: a dict with the keys ``'train'``, ``'valid'`` and ``'test'`` (other keys, such as
+            FIVO's ``'train_mean'``, are ignored), each a non-empty list of sequences in the
+            format of :func:`notes_to_roll`.
+        source: how error messages name the data (the file name when loading a file).
+
+    Returns:
+        ``{'train': [...], 'valid': [...], 'test': [...]}``, each a list of bool ``[T_i, 88]``
+        arrays in the original order.
+
+    Raises:
+        PianoRollFormatError: ``data`` is not a dict, lacks a split, a split is empty or not a
+            list, or a sequence is malformed (see :func:`notes_to_roll`).
+    """
+    if not isinstance(data, dict):
+        raise PianoRollFormatError(
+            f"{source}: expected a dict with keys 'train', 'valid', 'test', "
+            f"got {type(data).__name__}"
+        )
+    missing = [key for key in SPLITS if key not in data]
+    if missing:
+        raise PianoRollFormatError(
+            f"{source}: missing split key(s) {missing}; expected the keys 'train', 'valid', "
+            f"'test', got {sorted(map(repr, data))}"
+        )
+    rolls = {}
+    for split in SPLITS:
+        sequences = data[split]
+        if not isinstance(sequences, (list, tuple)):
+            raise PianoRollFormatError(
+                f"{source}: split {split!r} must be a list of sequences, "
+                f"got {type(sequences).__name__}"
+            )
+        if len(sequences) == 0:
+            raise PianoRollFormatError(f"{source}: split {split!r} is empty")
+        rolls[split] = [
+            notes_to_roll(seq, where=f"{source}: split {split!r}, sequence {i}")
+            for i, seq in enumerate(sequences)
+        ]
+    return rolls
+
+
+def load_pianoroll(path: str | os.PathLike | None = None) -> dict[str, list[np.ndarray]]:
+    """Load a piano-roll pickle.
+
+    Args:
+        path: the pickle file, or None for the embedded default, JSB Chorales
+            (``bbvae/data/jsb_chorales.pkl``, sha256 :data:`JSB_CHORALES_SHA256`).
+
+    Returns:
+        ``{'train': [...], 'valid': [...], 'test': [...]}``, each a list of bool ``[T_i, 88]``
+        arrays (column ``j`` = MIDI note ``21 + j``) in file order.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the error names it).
+        PianoRollFormatError: (a ValueError) the file is not a pickle, refers to classes other
+            than numpy integers/arrays, or its content is malformed: see
+            :func:`pianorolls_from_notes`.
+    """
+    data, source = _read_pickle(path)
+    return pianorolls_from_notes(data, source=source)
+
+
+def _as_rolls(rolls: Sequence, name: str) -> list[np.ndarray]:
+    """Check a list of ``[T_i, D]`` arrays (same D, T_i >= 1); return them as ndarrays."""
+    if isinstance(rolls, np.ndarray) or not isinstance(rolls, Sequence):
+        raise TypeError(f"{name}: expected a list of [T, D] arrays, got {type(rolls).__name__}")
+    if len(rolls) == 0:
+        raise ValueError(f"{name}: expected at least one sequence, got none")
+    arrays = [np.asarray(r) for r in rolls]
+    width = arrays[0].shape[-1] if arrays[0].ndim == 2 else None
+    for i, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] != width:
+            expected = f"[T >= 1, {width}]" if width is not None else "[T >= 1, D]"
+            raise ValueError(f"{name}[{i}]: expected shape {expected}, got {list(a.shape)}")
+    return arrays
+
+
+def _check_float_dtype(dtype: torch.dtype) -> None:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+
+
+def pianoroll_batch(
+    rolls: Sequence[np.ndarray],
+    *,
+    mean: np.ndarray | torch.Tensor | None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> SequenceBatch:
+    """Pad piano rolls into one batch with FIVO-style inputs.
+
+    Also usable as a ``collate_fn``:
+    ``DataLoader(data.train, batch_size=4, shuffle=True,
+    collate_fn=functools.partial(pianoroll_batch, mean=data.train_mean))``.
+
+    Args:
+        rolls: ``B`` arrays ``[T_b, D]`` of 0/1 frames (``D = 88`` for piano rolls), ``T_b >= 1``.
+        mean: ``[D]`` the training-set mean subtracted from the inputs
+            (:attr:`PianoRollData.train_mean`); None subtracts nothing. Required, so that
+            forgetting the centring is a visible choice.
+        dtype: floating dtype of ``x`` and ``inputs``.
+        device: device of all returned tensors (None: torch's default device).
+
+    Returns:
+        SequenceBatch with ``x`` ``[B, T_max, D]`` the frames (zeros past each length),
+        ``lengths`` ``[B]`` long, and ``inputs`` ``[B, T_max, D]`` where
+        ``inputs[b, 0] = 0``, ``inputs[b, t] = x[b, t - 1] - mean`` for
+        ``1 <= t < lengths[b]`` and ``inputs[b, t] = 0`` for ``t >= lengths[b]``.
+    """
+    _check_float_dtype(dtype)
+    arrays = _as_rolls(rolls, "rolls")
+    B, D = len(arrays), arrays[0].shape[1]
+    lens = [a.shape[0] for a in arrays]
+    padded = np.zeros((B, max(lens), D), dtype=np.result_type(*arrays))
+    for b, a in enumerate(arrays):
+        padded[b, : lens[b]] = a
+    x = torch.as_tensor(padded, dtype=dtype, device=device)  # [B, T, D]
+    lengths = torch.as_tensor(lens, dtype=torch.long, device=device)  # [B]
+    centred = x
+    if mean is not None:
+        mean_t = torch.as_tensor(mean, dtype=dtype, device=device)
+        if mean_t.shape != (D,):
+            raise ValueError(f"mean: expected shape [{D}], got {list(mean_t.shape)}")
+        centred = x - mean_t  # [B, T, D]
+    inputs = torch.zeros_like(x)
+    inputs[:, 1:] = centred[:, :-1]
+    batch = SequenceBatch(x, lengths, inputs)
+    inputs.masked_fill_(~batch.mask.unsqueeze(-1), 0.0)  # zero past each length
+    return batch
+
+
+def pianoroll_batches(
+    rolls: Sequence[np.ndarray],
+    batch_size: int,
+    *,
+    mean: np.ndarray | torch.Tensor | None,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    sort_by_length: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Iterator[SequenceBatch]:
+    """Iterate over a list of piano rolls in padded batches (one pass).
+
+    The batch order is drawn when this function is called, by
+    :func:`~bbvae.data.batch_indices` with the same arguments (call it to know which sequence
+    went where); arguments are checked at once too.
+
+    Args:
+        rolls: ``N`` arrays ``[T_i, D]`` of 0/1 frames.
+        batch_size: sequences per batch.
+        mean: ``[D]`` mean subtracted from the inputs, or None; see :func:`pianoroll_batch`.
+        shuffle, generator, drop_last, sort_by_length: see :func:`~bbvae.data.batch_indices`.
+        dtype, device: of the batch tensors; see :func:`pianoroll_batch`.
+
+    Returns:
+        an iterator of :class:`SequenceBatch`, each as described in :func:`pianoroll_batch`.
+    """
+    _check_float_dtype(dtype)
+    arrays = _as_rolls(rolls, "rolls")
+    order = batch_indices(
+        [a.shape[0] for a in arrays],
+        batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        sort_by_length=sort_by_length,
+    )
+    return (
+        pianoroll_batch([arrays[i] for i in idx], mean=mean, dtype=dtype, device=device)
+        for idx in order
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class PianoRollData:
+    """The three splits of a piano-roll data set.
+
+    Build it with :meth:`load` (a Boulanger-Lewandowski pickle, by default the embedded JSB
+    Chorales) or directly from lists of rolls (for instance from
+    :func:`~bbvae.data.load_midi_folder`).
+
+    Args:
+        train, valid, test: each a non-empty list of 0/1 arrays ``[T_i, 88]``, ``T_i >= 1``.
+
+    Attributes:
+        train_mean: ``[88]`` float64, the mean of the training frames over all training time
+            steps (each step weighs the same, so long sequences weigh more), as FIVO's
+            ``calculate_pianoroll_mean.py`` computes it.
+    """
+
+    train: list[np.ndarray]
+    valid: list[np.ndarray]
+    test: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        for split in SPLITS:
+            arrays = _as_rolls(getattr(self, split), split)
+            if arrays[0].shape[1] != NUM_KEYS:
+                raise ValueError(
+                    f"{split}[0]: expected shape [T, {NUM_KEYS}], got {list(arrays[0].shape)}"
+                )
+            for i, a in enumerate(arrays):
+                if a.dtype != np.bool_ and not np.array_equal(a, a.astype(bool)):
+                    raise ValueError(f"{split}[{i}]: expected 0/1 frames, got other values")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> PianoRollData:
+        """Load a piano-roll pickle (None: the embedded JSB Chorales); see `load_pianoroll`."""
+        return cls(**load_pianoroll(path))
+
+    def split(self, name: str) -> list[np.ndarray]:
+        """The list of ``[T_i, 88]`` rolls of split ``name`` ('train', 'valid' or 'test')."""
+        if name not in SPLITS:
+            raise ValueError(f"split: expected one of {list(SPLITS)}, got {name!r}")
+        return getattr(self, name)
+
+    def num_steps(self, name: str) -> int:
+        """Total number of time steps of split ``name`` (to report bounds per step)."""
+        return sum(a.shape[0] for a in self.split(name))
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(
+            f"{name}={len(self.split(name))} sequences/{self.num_steps(name):,} steps"
+            for name in SPLITS
+        )
+        return f"PianoRollData({sizes})"
+
+    @cached_property
+    def train_mean(self) -> np.ndarray:
+        """``[88]`` float64, the mean training frame over all training time steps."""
+        total = np.zeros(NUM_KEYS, dtype=np.int64)
+        for a in self.train:
+            total += a.sum(axis=0, dtype=np.int64)
+        return total / self.num_steps("train")
+
+    def batches(
+        self,
+        name: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+        sort_by_length: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Iterator[SequenceBatch]:
+        """One pass over split ``name`` in batches, inputs centred by :attr:`train_mean`.
+
+        See :func:`pianoroll_batches` for the arguments and the batch layout.
+        """
+        return pianoroll_batches(
+            self.split(name),
+            batch_size,
+            mean=self.train_mean,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            sort_by_length=sort_by_length,
+            dtype=dtype,
+            device=device,
+        )
+
+    def full_batch(
+        self,
+        name: str,
+        *,
+        sort_by_length: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> SequenceBatch:
+        """The whole split ``name`` as one padded batch (for evaluation).
+
+        Args:
+            name: 'train', 'valid' or 'test'.
+            sort_by_length: order the sequences by decreasing length (stable); otherwise they
+                keep the file order.
+            dtype, device: of the tensors.
+
+        Returns:
+            SequenceBatch ``x`` ``[N, T_max, 88]``, ``lengths`` ``[N]``, ``inputs``
+            ``[N, T_max, 88]`` as in :func:`pianoroll_batch`. Mind the memory:
+            ``N * T_max * 88`` elements twice (about 9 MB for the JSB test split in float32,
+            370 MB for MuseData's).
+        """
+        rolls = self.split(name)
+        (order,) = batch_indices(
+            [a.shape[0] for a in rolls], len(rolls), sort_by_length=sort_by_length
+        )
+        return pianoroll_batch(
+            [rolls[i] for i in order], mean=self.train_mean, dtype=dtype, device=device
+        )
