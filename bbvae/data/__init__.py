@@ -10,9 +10,8 @@ device from the ``dtype`` / ``device`` arguments only.
 - :mod:`bbvae.data.text`: character-level text (one-hot previous character as inputs).
 - :mod:`bbvae.data.midi`: MIDI files to piano rolls and back (optional dependency ``mido``;
   imported lazily by its functions).
+- :mod:`bbvae.data.synthetic`: sequences drawn from a GaussianHMM with known parameters.
 - :mod:`bbvae.data.batching`: :class:`SequenceBatch` and the batch order.
-
-A ``synthetic.py`` (sequences drawn from a GaussianHMM) is to be added by its owner.
 """
 
 from .batching import SequenceBatch, batch_indices
@@ -32,6 +31,7 @@ from .pianoroll import (
     pianorolls_from_notes,
     roll_to_notes,
 )
+from .synthetic import SyntheticData, gaussian_hmm_data, pad_sequences
 from .text import (
     TextData,
     Vocabulary,
@@ -50,14 +50,17 @@ __all__ = [
     "PianoRollData",
     "PianoRollFormatError",
     "SequenceBatch",
+    "SyntheticData",
     "TextData",
     "Vocabulary",
     "batch_indices",
+    "gaussian_hmm_data",
     "load_midi_folder",
     "load_pianoroll",
     "load_text",
     "midi_to_pianoroll",
     "notes_to_roll",
+    "pad_sequences",
     "pianoroll_batch",
     "pianoroll_batches",
     "pianoroll_to_midi",
