@@ -1,13 +1,29 @@
-"""Loss objects: each takes ``(inf_net, gen_model)`` and returns a scalar to minimise."""
+"""Loss objects: each takes ``(inf_net, gen_model)`` and returns a scalar to minimise.
+
+Its value is the negative bound averaged over the batch; its gradient is the estimator's.
+"""
 
 from bbvae.losses.base import Loss, effective_sample_size, log_mean_exp, normalized_weights
+from bbvae.losses.concrete import Concrete, GumbelSoftmax
 from bbvae.losses.elbo import ELBO
+from bbvae.losses.fivo import FIVO
 from bbvae.losses.iwae import IWAE
+from bbvae.losses.nvil import NVIL
+from bbvae.losses.rws import RWS
+from bbvae.losses.vimco import VIMCO
+from bbvae.losses.wake_sleep import WakeSleep
 
 __all__ = [
     "ELBO",
+    "FIVO",
     "IWAE",
+    "NVIL",
+    "RWS",
+    "VIMCO",
+    "Concrete",
+    "GumbelSoftmax",
     "Loss",
+    "WakeSleep",
     "effective_sample_size",
     "log_mean_exp",
     "normalized_weights",
