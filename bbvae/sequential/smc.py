@@ -1,0 +1,319 @@
+"""Sequential Monte Carlo over a :class:`~bbvae.sequential.SequentialModel`, and resampling schemes.
+
+The filter follows the FIVO reference (Maddison et al. 2017, fivo/smc.py): log-weights accumulate
+``log p(x_t, z_t | past) - log q(z_t | past, x)``; at each step the effective sample size is computed
+in log space and, where it falls below ``ess_threshold * K``, the particles are resampled, the
+log-marginal increment ``logmeanexp`` of the accumulated weights is added to ``log Z`` and the
+weights are reset to uniform. At the end ``logmeanexp`` of the remaining weights is added. Steps
+past a sequence's length change nothing, and a sequence is never resampled at its last step (it
+would change no value). Resampling is a ``gather`` on dim 1; ancestors carry no gradient.
+
+Resampling schemes are small functions ``(log_weights [B, K], generator=None) -> ancestors [B, K]``
+(long): :func:`multinomial_resampling`, :func:`systematic_resampling`,
+:func:`stratified_resampling`. Any callable of that form can be passed as ``resampling``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from bbvae._validation import check_positive_int, is_validation_enabled
+from bbvae.losses.base import effective_sample_size
+from bbvae.sequential.base import (
+    _check_model,
+    _check_step_output,
+    check_sequence_args,
+    encode_checked,
+    gather_particles,
+)
+
+Resampler = Callable[..., torch.Tensor]
+GRADIENTS = ("none", "score", "stop_gradient")
+
+
+# --------------------------------------------------------------------------------- resampling
+def _inverse_cdf(log_weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices ``j`` with ``cdf[j-1] <= u < cdf[j]`` for uniforms ``u`` ``[B, K]`` in [0, 1)."""
+    weights = torch.softmax(log_weights.detach(), dim=1)  # [B, K]
+    cdf = torch.cumsum(weights, dim=1)
+    index = torch.searchsorted(cdf, (u * cdf[:, -1:]).contiguous(), right=True)
+    # Rounding can put u * total at or past the last cdf value: fall back to the last particle
+    # of positive weight (never to a zero-weight one).
+    k = weights.shape[1]
+    last_positive = (k - 1) - torch.argmax(torch.flip(weights > 0, dims=(1,)).to(torch.uint8), dim=1)
+    return torch.minimum(index, last_positive.unsqueeze(1))
+
+
+def _uniforms(log_weights: torch.Tensor, shape, generator) -> torch.Tensor:
+    return torch.rand(shape, dtype=log_weights.dtype, device=log_weights.device, generator=generator)
+
+
+def multinomial_resampling(
+    log_weights: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """K independent draws of ancestors from the normalised weights: ``[B, K]`` long."""
+    return _inverse_cdf(log_weights, _uniforms(log_weights, log_weights.shape, generator))
+
+
+def stratified_resampling(
+    log_weights: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One uniform in each stratum ``[k/K, (k+1)/K)``, independently: ``[B, K]`` long (Kitagawa 1996)."""
+    batch, k = log_weights.shape
+    offsets = torch.arange(k, dtype=log_weights.dtype, device=log_weights.device)
+    u = (offsets + _uniforms(log_weights, (batch, k), generator)) / k
+    return _inverse_cdf(log_weights, u)
+
+
+def systematic_resampling(
+    log_weights: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One uniform shared by all strata, ``u_k = (k + U) / K``: ``[B, K]`` long (Carpenter et al. 1999)."""
+    batch, k = log_weights.shape
+    offsets = torch.arange(k, dtype=log_weights.dtype, device=log_weights.device)
+    u = (offsets + _uniforms(log_weights, (batch, 1), generator)) / k
+    return _inverse_cdf(log_weights, u)
+
+
+RESAMPLING: dict[str, Resampler] = {
+    "multinomial": multinomial_resampling,
+    "systematic": systematic_resampling,
+    "stratified": stratified_resampling,
+}
+
+
+def get_resampling(resampling: str | Resampler, where: str) -> Resampler:
+    """The resampling function named ``resampling`` (or ``resampling`` itself when callable)."""
+    if callable(resampling):
+        return resampling
+    if resampling not in RESAMPLING:
+        raise ValueError(
+            f"{where}: expected resampling in {tuple(RESAMPLING)} or a callable, got {resampling!r}"
+        )
+    return RESAMPLING[resampling]
+
+
+# ---------------------------------------------------------------------------------------- SMC
+class SMCResult(NamedTuple):
+    """What :func:`smc` returns (entries past a sequence's length are invalid, as in fivo/bounds.py).
+
+    Attributes:
+        log_z: ``[batch]`` log Z-hat, the log of the unbiased SMC estimate of p(x). Its gradient
+            path depends on ``gradient`` (see :func:`smc`).
+        log_weights: ``[batch, K]`` the particles' accumulated log-weights after the last step.
+        ess: ``[batch, T]`` effective sample size at each step, before resampling (detached).
+        resampled: ``[batch, T]`` bool, whether the particles were resampled after step ``t``.
+        ancestors: ``[batch, T, K]`` long: after step ``t``, particle ``k`` continues particle
+            ``ancestors[b, t, k]`` (the identity where not resampled).
+        log_z_increments: ``[batch, T]`` the log-marginal increment added at each resampling step
+            (0 elsewhere); ``log_z`` is their sum plus ``logmeanexp(log_weights)``.
+        ancestor_log_prob: ``[batch, T]`` log-probability of the drawn ancestors at each resampling
+            step (0 elsewhere), differentiable in the weights when ``gradient="score"`` (multinomial
+            resampling), else detached.
+        log_p: ``[batch, K]`` log p(x, z) summed along each final particle's ancestral line.
+        log_q: ``[batch, K]`` log q(z | x) summed along each final particle's ancestral line.
+        z: ``[batch, K, T, *latent_shape]`` each final particle's ancestral line of latents, or
+            ``None`` unless ``return_latents=True``.
+    """
+
+    log_z: torch.Tensor
+    log_weights: torch.Tensor
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    ancestors: torch.Tensor
+    log_z_increments: torch.Tensor
+    ancestor_log_prob: torch.Tensor
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    z: torch.Tensor | None
+
+
+def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])
+
+
+def _first_dead_step(
+    first_dead: torch.Tensor, log_w: torch.Tensor, valid: torch.Tensor | None, t: int
+) -> torch.Tensor:
+    """Record, per sequence, the first step at which every particle has log-weight ``-inf``.
+
+    ``first_dead`` is ``[batch]`` long, ``-1`` while a sequence is alive. Kept as a tensor so the
+    time loop never synchronises with the device; :func:`_check_no_dead_sequence` reads it once.
+    """
+    dead = torch.isneginf(log_w).all(dim=1)
+    if valid is not None:
+        dead = dead & valid
+    return torch.where(dead & (first_dead < 0), t, first_dead)
+
+
+def _check_no_dead_sequence(first_dead: torch.Tensor, where: str) -> None:
+    if bool((first_dead >= 0).any()):
+        b = int((first_dead >= 0).nonzero()[0, 0])
+        t = int(first_dead[b])
+        raise ValueError(
+            f"{where}: every particle of sequence {b} has log-weight -inf at step {t} (zero weight), so "
+            "the particles cannot be resampled and log Z is -inf; the proposal puts no mass where "
+            "p(x, z) > 0 (check the model's support and the observations)"
+        )
+
+
+def smc(
+    model,
+    x: torch.Tensor,
+    n_particles: int,
+    resampling: str | Resampler = "multinomial",
+    ess_threshold: float = 0.5,
+    lengths: torch.Tensor | None = None,
+    inputs: torch.Tensor | None = None,
+    reparametrize: bool = True,
+    gradient: str = "none",
+    generator: torch.Generator | None = None,
+    return_latents: bool = False,
+) -> SMCResult:
+    """Run a particle filter and return log Z-hat and its diagnostics.
+
+    Args:
+        model: a :class:`~bbvae.sequential.SequentialModel`.
+        x: ``[batch, T, *obs_shape]`` observations.
+        n_particles: ``K``.
+        resampling: ``"multinomial"``, ``"systematic"``, ``"stratified"`` or a function
+            ``(log_weights [B, K], generator=None) -> ancestors [B, K]``.
+        ess_threshold: resample where ESS < ``ess_threshold * K``; 0 never resamples (the IWAE
+            bound), 1 resamples at every step.
+        lengths: ``[batch]`` long, or ``None`` for all ``T``.
+        inputs: optional side inputs ``[batch, T, ...]``.
+        reparametrize: propose with ``rsample`` where the model can.
+        gradient: the gradient path through resampling. ``"none"`` (FIVO's default, biased):
+            ancestors are constants. ``"score"``: as ``"none"``, and ``ancestor_log_prob`` carries
+            the log-probability of the resampling decisions with its gradient, for a REINFORCE term
+            (multinomial resampling only). ``"stop_gradient"`` (Scibior & Wood 2021): after
+            resampling each particle's log-weight is ``log w_a - stop_grad(log w_a)`` of its
+            ancestor (value 0) and the increment added to log Z is detached, so ``exp(log_z)``
+            has the same value and an unbiased gradient of E[Z-hat].
+        generator: optional ``torch.Generator`` for the resampling uniforms.
+        return_latents: also return the particles' ancestral lines of latents.
+
+    Returns:
+        :class:`SMCResult`.
+    """
+    where = "smc"
+    _check_model(model, where)
+    check_positive_int("n_particles", n_particles, where)
+    resample_fn = get_resampling(resampling, where)
+    if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float)):
+        raise TypeError(
+            f"{where}: expected ess_threshold to be a float in [0, 1], got {type(ess_threshold).__name__}"
+        )
+    if not 0.0 <= ess_threshold <= 1.0:
+        raise ValueError(f"{where}: expected ess_threshold in [0, 1], got {ess_threshold}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"{where}: expected gradient in {GRADIENTS}, got {gradient!r}")
+    if gradient == "score" and resample_fn is not multinomial_resampling:
+        raise ValueError(
+            f"{where}: gradient='score' needs the probability of the drawn ancestors, which is a product "
+            f"of per-particle probabilities only for multinomial resampling; got resampling={resampling!r}"
+        )
+    batch, n_steps, masks = check_sequence_args(x, lengths, inputs, where)
+    k = n_particles
+    encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
+    state = model.init_state(encoded, k)
+    may_resample = ess_threshold > 0.0 and k > 1
+    validate = is_validation_enabled()
+
+    log_w = log_p = log_q = None
+    ess, resampled, ancestors, increments, ancestor_lp, zs = [], [], [], [], [], []
+    identity = None
+    for t, encoded_t in enumerate(encoded):
+        out = model.step(state, encoded_t, reparametrize=reparametrize)
+        if t == 0:
+            out = _check_step_output(model, out, batch, k, where)
+            identity = torch.arange(k, device=out.log_p.device).expand(batch, k)
+            zero = out.log_p.new_zeros(batch)
+            first_dead = torch.full((batch,), -1, dtype=torch.long, device=out.log_p.device)
+        state = out.state
+        valid = masks[t] if masks is not None else None
+        lp, lq = out.log_p, out.log_q
+        if valid is not None:
+            lp = torch.where(valid.unsqueeze(1), lp, 0.0)
+            lq = torch.where(valid.unsqueeze(1), lq, 0.0)
+        step_w = lp - lq
+        log_w = step_w if log_w is None else log_w + step_w
+        log_p = lp if log_p is None else log_p + lp
+        log_q = lq if log_q is None else log_q + lq
+        if return_latents:
+            zs.append(out.z)
+        if validate:
+            first_dead = _first_dead_step(first_dead, log_w.detach(), valid, t)
+        step_ess = effective_sample_size(log_w.detach())  # [batch]
+        ess.append(step_ess)
+        # Resample where the ESS is low, but never past a sequence's end or at its last step.
+        last = t == n_steps - 1
+        if not may_resample or last:
+            resampled.append(torch.zeros(batch, dtype=torch.bool, device=step_ess.device))
+            ancestors.append(identity)
+            increments.append(zero)
+            ancestor_lp.append(zero)
+            continue
+        # (threshold 1 resamples even equal weights, whose ESS is exactly K)
+        do = (
+            step_ess < ess_threshold * k
+            if ess_threshold < 1.0
+            else torch.ones_like(step_ess, dtype=torch.bool)
+        )
+        if masks is not None:
+            do = do & masks[t + 1]
+        drawn = resample_fn(log_w.detach(), generator=generator)
+        anc = torch.where(do.unsqueeze(1), drawn, identity)  # [batch, K]
+        resampled.append(do)
+        ancestors.append(anc)
+        increment = _log_mean_exp(log_w)
+        if gradient == "stop_gradient":
+            increment = increment.detach()
+            gathered = torch.gather(log_w, 1, anc)
+            new_w = gathered - gathered.detach()
+        else:
+            new_w = torch.zeros_like(log_w)
+        increments.append(torch.where(do, increment, 0.0))
+        if gradient == "score":
+            lp_anc = torch.gather(torch.log_softmax(log_w, dim=1), 1, anc).sum(dim=1)
+        else:
+            lp_anc = torch.gather(torch.log_softmax(log_w.detach(), dim=1), 1, anc).sum(dim=1)
+        ancestor_lp.append(torch.where(do, lp_anc, 0.0))
+        log_w = torch.where(do.unsqueeze(1), new_w, log_w)
+        log_p = torch.where(do.unsqueeze(1), gather_particles(log_p, anc), log_p)
+        log_q = torch.where(do.unsqueeze(1), gather_particles(log_q, anc), log_q)
+        state = model.reorder(state, anc)
+
+    if validate:
+        _check_no_dead_sequence(first_dead, where)
+    increments_t = torch.stack(increments, dim=1)  # [batch, T]
+    log_z = increments_t.sum(dim=1) + _log_mean_exp(log_w)
+    ancestors_t = torch.stack(ancestors, dim=1)  # [batch, T, K]
+    z = _trace_lines(zs, ancestors_t) if return_latents else None
+    return SMCResult(
+        log_z=log_z,
+        log_weights=log_w,
+        ess=torch.stack(ess, dim=1),
+        resampled=torch.stack(resampled, dim=1),
+        ancestors=ancestors_t,
+        log_z_increments=increments_t,
+        ancestor_log_prob=torch.stack(ancestor_lp, dim=1),
+        log_p=log_p,
+        log_q=log_q,
+        z=z,
+    )
+
+
+def _trace_lines(zs: list[torch.Tensor], ancestors: torch.Tensor) -> torch.Tensor:
+    """Each final particle's line of latents ``[batch, K, T, ...]`` from per-step ``z_t`` and ancestors."""
+    index = ancestors[:, -1]  # the last step is never resampled: the identity
+    lines = []
+    for t in range(len(zs) - 1, -1, -1):
+        # after step t, particle k continues particle ancestors[:, t, k] of step t
+        index = torch.gather(ancestors[:, t], 1, index) if t < len(zs) - 1 else index
+        lines.append(gather_particles(zs[t], index))
+    return torch.stack(lines[::-1], dim=2)
