@@ -648,6 +648,7 @@ class Trainer:
             distributed.init_from_env()
         self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         self._is_main = self._rank == 0
+        self._prepare_loss(train)
         params = self._parameters()
         self._params = params
         self._device = params[0].device
@@ -962,6 +963,19 @@ class Trainer:
                 )
         return batches
 
+    def _prepare_loss(self, train: BatchSource) -> None:
+        """Let the loss build data-shaped parameters (``Loss.prepare``) before the optimiser exists."""
+        prepare = getattr(self.loss, "prepare", None)
+        if not callable(prepare):
+            return
+        first = next(iter(train.batches(self.batch_size, shuffle=False, generator=None)), None)
+        if first is None:
+            return
+        param = next(iter(self.loss.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        x, context = self._loss_args(first, device)
+        prepare(x, **context)
+
     def _loss_args(self, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
         if isinstance(batch, SequenceBatch):
             x, context = batch.x, {"lengths": batch.lengths}
@@ -1151,6 +1165,9 @@ def _bound(loss: nn.Module, x: torch.Tensor, context: dict[str, Any]) -> torch.T
             f"Trainer: expected {type(loss).__name__} to give a bound of shape [{x.shape[0]}], "
             f"got {shape_str(list(bound.shape))}"
         )
+    if getattr(loss, "normalize", None) == "length" and context.get("lengths") is not None:
+        # the loss reports nats per step; validation sums nats per sequence over the split
+        bound = bound * context["lengths"].to(bound.dtype)
     return bound
 
 

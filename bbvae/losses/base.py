@@ -130,6 +130,13 @@ class Loss(nn.Module):
         """
         raise NotImplementedError
 
+    def prepare(self, x: torch.Tensor, **context) -> None:
+        """Create parameters whose shape depends on the data (NVIL's default baseline network).
+
+        :class:`~bbvae.training.Trainer` calls this with the first batch before it builds the
+        optimiser; call it yourself before building an optimiser by hand. Default: nothing.
+        """
+
     @property
     def loss_history_(self) -> list[float]:
         return self._history.to_list()

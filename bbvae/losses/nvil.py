@@ -139,6 +139,10 @@ class NVIL(Loss):
             raise ValueError(f"NVIL: expected baseline(x) of shape [{x.shape[0]}] = [batch], got {got}")
         return values
 
+    def prepare(self, x: torch.Tensor, **context) -> None:
+        """Build the default baseline network from the data's shape (if it is used)."""
+        self._baseline_module(x)
+
     def _baseline_module(self, x: torch.Tensor) -> nn.Module | None:
         if self.baseline is False:
             return None

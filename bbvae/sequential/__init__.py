@@ -11,6 +11,7 @@ from bbvae.sequential.base import (
     tree_map,
 )
 from bbvae.sequential.discrete_hmm import DiscreteHMM
+from bbvae.sequential.estimator import SequenceModel
 from bbvae.sequential.evaluate import evaluate
 from bbvae.sequential.ghmm import GaussianHMM
 from bbvae.sequential.independent import IndependentVAE
@@ -35,6 +36,7 @@ __all__ = [
     "IndependentVAE",
     "ParticleRun",
     "SMCResult",
+    "SequenceModel",
     "SequentialGenModel",
     "SequentialInfNet",
     "SequentialModel",

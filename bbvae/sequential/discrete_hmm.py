@@ -217,6 +217,10 @@ class DiscreteHMM(SequentialModel):
             "started": torch.zeros(batch_size, n_samples, dtype=torch.bool, device=like.device),
         }
 
+    def generation_state(self, state: torch.Tensor, x: torch.Tensor, lengths=None, inputs=None) -> dict:
+        """The generation state after filtering a prefix: the last state, marked as started."""
+        return {"z": state, "started": torch.ones_like(state, dtype=torch.bool)}
+
     def generate_step(self, state: dict, inputs_t=None):
         z_prev, started = state["z"], state["started"]
         logits = torch.where(

@@ -174,6 +174,11 @@ class GaussianHMM(SequentialModel):
             "started": torch.zeros(batch_size, n_samples, 1, dtype=torch.bool, device=like.device),
         }
 
+    def generation_state(self, state: torch.Tensor, x: torch.Tensor, lengths=None, inputs=None) -> dict:
+        """The generation state after filtering a prefix: the last latent, marked as started."""
+        started = torch.ones(*state.shape[:2], 1, dtype=torch.bool, device=state.device)
+        return {"z": state, "started": started}
+
     def generate_step(self, state: dict, inputs_t=None):
         z_prev, started = state["z"], state["started"]
         first = self._prior(z_prev, first=True)

@@ -1,0 +1,817 @@
+"""``SequenceModel``: a scikit-learn-style estimator for sequence models (VRNN, SRNN, RNN, ...).
+
+``SequenceModel(model="vrnn", bound="fivo", ...).fit(data)`` builds the model for the data (the
+observation family, its size, the FIVO centring and output-bias initialisation), trains it with a
+:class:`~bbvae.training.Trainer` and returns the estimator. ``score(X)`` is the bound in nats per
+time step, ``score_samples(X)`` the bound of every sequence, ``sample(n, length)`` draws new
+sequences and ``sample_continuations(prefixes, ...)`` continues given beginnings.
+
+Data ``X`` may be
+
+* a :class:`~bbvae.data.PianoRollData`, :class:`~bbvae.data.TextData` or
+  :class:`~bbvae.data.SyntheticData` (``fit`` uses the ``"train"`` split, and ``"valid"`` for
+  validation when ``eval_every`` or ``patience`` is set; ``score`` takes a ``split``, by default
+  ``"test"``); text is cut into pieces of ``max_length`` characters (100 by default);
+* a list of ``N`` tensors or arrays ``[T_i, D]`` (float) or ``[T_i]`` (integer symbols), ragged;
+* a :class:`~bbvae.data.SequenceBatch` (``x [N, T, ...]``, ``lengths [N]``), or a Tensor
+  ``[N, T, ...]`` of equal-length sequences.
+
+Side ``inputs`` of the data sets are not used: the piano-roll and text loaders' inputs are the
+previous observation, which VRNN, SRNN, RNN and IndependentVAE already feed into their own
+recurrence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bbvae._validation import shape_str
+from bbvae.data.batching import SequenceBatch
+from bbvae.estimator import (
+    EstimatorMixin,
+    _EstimatorCallback,
+    check_choice,
+    check_float,
+    check_int,
+    check_is_fitted,
+    check_random_state,
+    resolve_device,
+    split_callbacks,
+    trainer_results,
+)
+from bbvae.losses.base import Loss
+from bbvae.sequential.base import SequentialModel, generate, run_particles
+from bbvae.training import Callback, SequenceData, Trainer, set_seed
+
+__all__ = ["SequenceModel", "MODELS", "BOUNDS", "sequence_bounds"]
+
+#: Model names of :class:`SequenceModel`.
+MODELS = ("vrnn", "srnn", "rnn", "independent", "ghmm")
+#: Training objectives of :class:`SequenceModel`.
+BOUNDS = ("elbo", "iwae", "fivo", "vimco", "nvil", "rws")
+#: Bounds :meth:`SequenceModel.score` can report.
+EVAL_BOUNDS = ("elbo", "iwae", "fivo", "exact")
+OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical")
+_NORMALIZE = ("length", "sequence")
+_RESAMPLING = ("multinomial", "systematic", "stratified")
+# The bound each training objective estimates (what score reports by default).
+_EVAL_OF = {"elbo": "elbo", "iwae": "iwae", "fivo": "fivo", "vimco": "iwae", "nvil": "elbo", "rws": "iwae"}
+_DEFAULT_LATENT = 64
+_DEFAULT_TEXT_LENGTH = 100
+_EVAL_SEED = 1_000_003
+
+
+# ============================================================================ data
+class _DataInfo:
+    """What the model is built from: the observation kind and size and the training statistics."""
+
+    def __init__(self, kind: str, obs_shape: tuple[int, ...], n_categories: int | None, mean, vocabulary):
+        self.kind = kind  # "float" or "long"
+        self.obs_shape = obs_shape
+        self.n_categories = n_categories
+        self.mean = mean  # [*obs_shape] float64 (float data) or [V] frequencies (symbols), or None
+        self.vocabulary = vocabulary
+
+
+def _is_dataset(X: Any) -> bool:
+    return callable(getattr(X, "split", None)) and callable(getattr(X, "batches", None))
+
+
+def _is_text(X: Any) -> bool:
+    return _is_dataset(X) and hasattr(X, "vocabulary") and callable(getattr(X, "sequences", None))
+
+
+def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list[torch.Tensor]:
+    """The sequences of ``X`` (of ``split`` for data sets) as a list of ``[T_i, *obs_shape]`` tensors.
+
+    Float data take torch's default dtype; integer data stay long; booleans become floats.
+    Sequences longer than ``max_length`` are cut to their first ``max_length`` steps (text data
+    sets are cut into pieces of ``max_length`` characters instead).
+    """
+    if _is_text(X):
+        seqs = list(X.sequences(split, max_length or _DEFAULT_TEXT_LENGTH))
+        max_length = None
+    elif _is_dataset(X):
+        seqs = list(X.split(split))
+    elif isinstance(X, SequenceBatch):
+        lengths = [int(n) for n in X.lengths.tolist()]
+        if len(lengths) != X.x.shape[0]:
+            raise ValueError(
+                f"{where}: the SequenceBatch has {X.x.shape[0]} sequences but {len(lengths)} lengths"
+            )
+        seqs = [row[:n] for row, n in zip(X.x.unbind(0), lengths)]
+    elif isinstance(X, (torch.Tensor, np.ndarray)):
+        if X.ndim < 2:
+            raise ValueError(
+                f"{where}: expected X of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
+            )
+        seqs = list(torch.as_tensor(X).unbind(0))
+    elif isinstance(X, (list, tuple)):
+        seqs = list(X)
+    else:
+        raise TypeError(
+            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a list of [T, ...] "
+            f"sequences, a SequenceBatch or a Tensor [N, T, ...], got {type(X).__name__}"
+        )
+    if not seqs:
+        raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")
+    out = []
+    for i, s in enumerate(seqs):
+        if not isinstance(s, (torch.Tensor, np.ndarray)):
+            raise TypeError(f"{where}: expected sequence {i} to be a Tensor or array, got {type(s).__name__}")
+        t = torch.as_tensor(s)
+        if t.dim() == 0 or t.shape[0] == 0:
+            raise ValueError(
+                f"{where}: expected sequence {i} of shape [T >= 1, ...], got {shape_str(list(t.shape))}"
+            )
+        if t.dtype == torch.bool:
+            t = t.to(torch.get_default_dtype())
+        elif t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        elif t.is_complex():
+            raise TypeError(f"{where}: complex sequences are not supported (sequence {i})")
+        else:
+            t = t.long()
+        if max_length is not None:
+            t = t[:max_length]
+        if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
+            raise ValueError(
+                f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
+                f"sequence 0 has {shape_str(list(out[0].shape[1:]))} ({out[0].dtype}); all must agree"
+            )
+        out.append(t)
+    return out
+
+
+def _data_info(X: Any, seqs: list[torch.Tensor], where: str) -> _DataInfo:
+    first = seqs[0]
+    vocabulary = X.vocabulary if _is_text(X) else None
+    if first.is_floating_point():
+        if first.dim() != 2:
+            raise ValueError(
+                f"{where}: expected float sequences of shape [T, D], got steps of shape "
+                f"{shape_str(list(first.shape[1:]))}"
+            )
+        train_mean = getattr(X, "train_mean", None)
+        if train_mean is not None:  # piano rolls: the FIVO mean over all training steps
+            mean = torch.as_tensor(np.asarray(train_mean), dtype=torch.float64)
+        else:
+            mean = torch.cat(seqs).double().mean(dim=0)
+        return _DataInfo("float", tuple(first.shape[1:]), None, mean, None)
+    if first.dim() != 1:
+        raise ValueError(
+            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}"
+        )
+    flat = torch.cat(seqs)
+    if int(flat.min()) < 0:
+        raise ValueError(f"{where}: expected symbols >= 0, got {int(flat.min())}")
+    n_categories = vocabulary.size if vocabulary is not None else int(flat.max()) + 1
+    counts = torch.bincount(flat, minlength=n_categories).double()
+    return _DataInfo("long", (), n_categories, counts / counts.sum(), vocabulary)
+
+
+def _is_binary(seqs: list[torch.Tensor]) -> bool:
+    return all(bool(((s == 0) | (s == 1)).all()) for s in seqs)
+
+
+# ============================================================================ bounds
+@torch.no_grad()
+def sequence_bounds(
+    model: SequentialModel,
+    sequences: list[torch.Tensor],
+    bound: str = "fivo",
+    n_samples: int = 4,
+    batch_size: int = 128,
+    resampling: str = "multinomial",
+    ess_threshold: float = 0.5,
+) -> torch.Tensor:
+    """The bound of every sequence, in nats per sequence (no gradient, model in eval mode).
+
+    Sequences are batched by decreasing length (less padding) and the results put back in order.
+
+    Args:
+        model: a :class:`~bbvae.sequential.SequentialModel`.
+        sequences: ``N`` tensors ``[T_i, *obs_shape]`` (moved to the model's device).
+        bound: ``"elbo"`` (mean of the ``n_samples`` log-weights), ``"iwae"`` (their log-mean-exp),
+            ``"fivo"`` (SMC log Z-hat with ``n_samples`` particles) or ``"exact"``
+            (``model.exact_log_prob``).
+        n_samples: samples / particles per sequence.
+        batch_size: sequences per batch.
+        resampling, ess_threshold: FIVO's resampling settings.
+
+    Returns:
+        ``[N]`` float64 tensor on the CPU.
+    """
+    from bbvae.sequential.smc import smc
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    lengths = [s.shape[0] for s in sequences]
+    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
+    data = SequenceData(sequences)
+    out = torch.empty(len(sequences), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = data.batch(idx)
+            x = batch.x.to(device)
+            if x.is_floating_point():
+                x = x.to(dtype)
+            lens = batch.lengths.to(device)
+            if bound in ("elbo", "iwae"):
+                run = run_particles(model, x, n_samples, lengths=lens, reparametrize=False)
+                log_w = run.log_p - run.log_q  # [chunk, K]
+                if bound == "elbo":
+                    values = log_w.mean(dim=1)
+                else:
+                    values = torch.logsumexp(log_w, dim=1) - math.log(n_samples)
+            elif bound == "fivo":
+                values = smc(
+                    model,
+                    x,
+                    n_samples,
+                    resampling=resampling,
+                    ess_threshold=ess_threshold,
+                    lengths=lens,
+                    reparametrize=False,
+                ).log_z
+            elif bound == "exact":
+                values = model.exact_log_prob(x, lengths=lens)
+            else:
+                raise ValueError(f"sequence_bounds: expected bound in {EVAL_BOUNDS}, got {bound!r}")
+            out[torch.as_tensor(idx)] = values.detach().double().cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Run the block on a seeded copy of the global generators (restored afterwards)."""
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
+
+
+class _PerStepLoss(Loss):
+    """A loss whose bound (and gradient) is divided by each sequence's length.
+
+    The FIVO reference trains on the batch mean of ``bound / length``; FIVO has this built in
+    (``normalize="length"``), this wrapper gives it to every other loss. ``inner`` is the wrapped
+    loss; its ``log_p_``, ``log_q_``, ``ess_`` and ``max_weight_`` are copied after each call.
+    """
+
+    def __init__(self, inner: Loss) -> None:
+        super().__init__(inner.inf_net, inner.gen_model, inner.n_samples)
+        self.inner = inner
+
+    def estimate(self, x: torch.Tensor, lengths: torch.Tensor | None = None, **context):
+        bound, objective = self.inner.estimate(x, lengths=lengths, **context)
+        for name in ("log_p_", "log_q_", "ess_", "max_weight_"):  # the inner loss's diagnostics
+            if name in vars(self.inner):
+                setattr(self, name, getattr(self.inner, name))
+        if lengths is None:
+            steps = torch.full_like(bound, float(x.shape[1]))
+        else:
+            steps = lengths.to(device=bound.device, dtype=bound.dtype)
+        return bound / steps, objective / steps
+
+
+# ============================================================================ estimator
+class SequenceModel(EstimatorMixin):
+    """A latent sequence model fit by a variational bound, with the scikit-learn estimator API.
+
+    ``fit`` trains a freshly built model (or a **deep copy** of the ``model`` instance given), so
+    the constructor's arguments are never modified; the trained model is ``model_``.
+
+    Args:
+        model: ``"vrnn"``, ``"srnn"``, ``"rnn"`` (no latents; exact likelihood), ``"independent"``
+            (:class:`~bbvae.sequential.independent.IndependentVAE`), ``"ghmm"`` (linear-Gaussian
+            state space model, real-valued data only), or a
+            :class:`~bbvae.sequential.SequentialModel` instance (trained as given: ``latent_size``,
+            ``hidden_size``, ``cell``, ``observation`` and ``proposal`` are then not used).
+        bound: the training objective: ``"elbo"``, ``"iwae"``, ``"fivo"``, ``"vimco"``, ``"nvil"``
+            (without input-dependent baseline) or ``"rws"``.
+        latent_size: size of ``z_t`` (None: 64, or the observation size for ``"ghmm"``); for
+            ``"rnn"`` the default recurrent size.
+        hidden_size: recurrent state size (None: ``latent_size``).
+        n_samples: samples / particles per sequence in the training bound (K).
+        cell: ``"lstm"`` or ``"gru"``.
+        observation: ``"auto"`` (integer symbols: ``"categorical"``; 0/1 floats:
+            ``"bernoulli"``; other floats: ``"normal"``), or one of those names.
+        proposal: the GaussianHMM's proposal (``"network"``, ``"prior"``, ``"optimal"``).
+        resampling: ``"multinomial"``, ``"systematic"`` or ``"stratified"`` (FIVO and its score).
+        ess_threshold: FIVO resamples where ESS < ``ess_threshold * K``.
+        normalize: ``"length"`` (the FIVO reference: the training loss is the batch mean of
+            ``bound / length``, for every bound) or ``"sequence"`` (nats per sequence).
+        optimizer: see :class:`~bbvae.training.Trainer`.
+        learning_rate: Adam's learning rate (the FIVO reference's 2e-4 by default).
+        batch_size: sequences per step (4 in the FIVO reference).
+        max_steps, max_epochs: when to stop (at least one must be set).
+        clip_grad_norm: gradient clipping (None: none).
+        max_length: text data sets: the length of the pieces the text is cut into (None: 100);
+            other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
+        eval_bound: the bound :meth:`score` reports (``"elbo"``, ``"iwae"``, ``"fivo"``,
+            ``"exact"``); None: the one the training objective estimates (FIVO for ``"fivo"``,
+            IWAE for ``"iwae"``, ``"vimco"``, ``"rws"``, the ELBO for ``"elbo"``, ``"nvil"``).
+        n_samples_eval: samples / particles per sequence in :meth:`score` (None: ``n_samples``).
+        eval_every: steps between validations (None: once per epoch, when there is validation
+            data; see :meth:`fit`).
+        patience: early stopping after this many validations without improvement.
+        log_every: steps between logging points (``loss_history_`` updates, callbacks).
+        checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
+        device: where to train and evaluate (None: torch's default device).
+        logdir: the trainer's directory for ``last.pt``, ``best.pt`` and ``log.jsonl``.
+        progress: show a progress bar.
+        callbacks: functions ``fn(estimator)`` run at every logging point (``loss_history_`` and
+            ``n_iter_`` hold the progress so far; return True to stop) and/or
+            :class:`~bbvae.training.Callback` objects.
+        random_state: int seeding the model's initialisation, the batch order and every draw
+            of training; None draws a seed (kept in ``seed_``).
+
+    Attributes:
+        model_ (SequentialModel): the trained model.
+        loss_ (Loss): the loss that was optimised (with ``normalize="length"`` and a bound other than
+            FIVO, a wrapper dividing by the lengths, whose ``inner`` is the bound's loss).
+        trainer_ (Trainer): the trainer that ran.
+        loss_history_ (list[float]): the training loss of every step (negative bound, per step
+            with ``normalize="length"``).
+        valid_history_ (list[float]): validation bounds, nats per time step.
+        n_iter_ (int): optimizer steps taken.
+        n_epochs_ (int): complete passes over the training data.
+        seed_ (int): the seed used.
+        observation_ (str): the observation family used (``"bernoulli"``, ...).
+        obs_shape_ (tuple[int, ...]): the shape of one step, ``(D,)`` or ``()`` for symbols.
+        n_categories_ (int | None): the number of symbols (categorical data).
+        vocabulary_ (Vocabulary | None): the text vocabulary when fit on a TextData.
+        mean_length_ (int): the mean training sequence length (the default sample length).
+    """
+
+    def __init__(
+        self,
+        model: str | SequentialModel = "vrnn",
+        bound: str = "fivo",
+        latent_size: int | None = None,
+        hidden_size: int | None = None,
+        n_samples: int = 4,
+        cell: str = "lstm",
+        observation: str = "auto",
+        proposal: str = "network",
+        resampling: str = "multinomial",
+        ess_threshold: float = 0.5,
+        normalize: str = "length",
+        optimizer: str | Callable = "adam",
+        learning_rate: float = 2e-4,
+        batch_size: int = 4,
+        max_steps: int | None = 1000,
+        max_epochs: int | None = None,
+        clip_grad_norm: float | None = None,
+        max_length: int | None = None,
+        eval_bound: str | None = None,
+        n_samples_eval: int | None = None,
+        eval_every: int | None = None,
+        patience: int | None = None,
+        log_every: int = 50,
+        checkpoint_every: int = 1000,
+        device: str | torch.device | None = None,
+        logdir: str | None = None,
+        progress: bool = False,
+        callbacks: Sequence[Callable | Callback] | None = None,
+        random_state: int | None = None,
+    ) -> None:
+        self.model = model
+        self.bound = bound
+        self.latent_size = latent_size
+        self.hidden_size = hidden_size
+        self.n_samples = n_samples
+        self.cell = cell
+        self.observation = observation
+        self.proposal = proposal
+        self.resampling = resampling
+        self.ess_threshold = ess_threshold
+        self.normalize = normalize
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.max_epochs = max_epochs
+        self.clip_grad_norm = clip_grad_norm
+        self.max_length = max_length
+        self.eval_bound = eval_bound
+        self.n_samples_eval = n_samples_eval
+        self.eval_every = eval_every
+        self.patience = patience
+        self.log_every = log_every
+        self.checkpoint_every = checkpoint_every
+        self.device = device
+        self.logdir = logdir
+        self.progress = progress
+        self.callbacks = callbacks
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> torch.device | None:
+        where = type(self).__name__
+        if not isinstance(self.model, SequentialModel):
+            if not isinstance(self.model, str):
+                raise TypeError(
+                    f"{where}: expected model to be a name in {MODELS} or a SequentialModel, "
+                    f"got {type(self.model).__name__}"
+                )
+            check_choice("model", self.model, MODELS, where)
+        check_choice("bound", self.bound, BOUNDS, where)
+        check_int("latent_size", self.latent_size, where, optional=True)
+        check_int("hidden_size", self.hidden_size, where, optional=True)
+        check_int("n_samples", self.n_samples, where)
+        if self.bound in ("vimco", "rws") and self.n_samples < 2:
+            raise ValueError(f"{where}: bound={self.bound!r} needs n_samples >= 2, got {self.n_samples}")
+        check_choice("cell", self.cell, ("lstm", "gru"), where)
+        check_choice("observation", self.observation, OBSERVATIONS, where)
+        check_choice("proposal", self.proposal, ("network", "prior", "optimal"), where)
+        check_choice("resampling", self.resampling, _RESAMPLING, where)
+        check_float("ess_threshold", self.ess_threshold, where, strict=False)
+        if self.ess_threshold > 1:
+            raise ValueError(f"{where}: expected ess_threshold in [0, 1], got {self.ess_threshold}")
+        check_choice("normalize", self.normalize, _NORMALIZE, where)
+        check_float("learning_rate", self.learning_rate, where)
+        check_int("batch_size", self.batch_size, where)
+        check_int("max_steps", self.max_steps, where, optional=True)
+        check_int("max_epochs", self.max_epochs, where, optional=True)
+        if self.max_steps is None and self.max_epochs is None:
+            raise ValueError(f"{where}: set max_steps or max_epochs (or both), got neither")
+        if self.clip_grad_norm is not None:
+            check_float("clip_grad_norm", self.clip_grad_norm, where)
+        check_int("max_length", self.max_length, where, optional=True)
+        if self.eval_bound is not None:
+            check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
+        check_int("n_samples_eval", self.n_samples_eval, where, optional=True)
+        check_int("eval_every", self.eval_every, where, optional=True)
+        check_int("patience", self.patience, where, optional=True)
+        check_int("log_every", self.log_every, where)
+        check_int("checkpoint_every", self.checkpoint_every, where)
+        check_random_state(self.random_state, where)
+        if self.model == "ghmm" and self.observation not in ("auto", "normal"):
+            raise ValueError(
+                f"{where}: model='ghmm' has Gaussian observations, got observation={self.observation!r}"
+            )
+        return resolve_device(self.device, where)
+
+    # ------------------------------------------------------------------ building
+    def _observation_for(self, info: _DataInfo, seqs: list[torch.Tensor], where: str) -> str:
+        requested = self.observation
+        if info.kind == "long":
+            if requested not in ("auto", "categorical"):
+                raise ValueError(
+                    f"{where}: the data are integer symbols, which need observation='categorical', "
+                    f"got observation={requested!r}"
+                )
+            if self.model == "ghmm":
+                raise ValueError(f"{where}: model='ghmm' needs real-valued data [T, D], got integer symbols")
+            if info.n_categories < 2:
+                raise ValueError(
+                    f"{where}: categorical data need at least 2 symbols, got {info.n_categories}"
+                )
+            return "categorical"
+        if requested == "categorical":
+            raise ValueError(
+                f"{where}: observation='categorical' needs integer symbol sequences [T], got float data"
+            )
+        if self.model == "ghmm":
+            return "normal"
+        if requested == "auto":
+            return "bernoulli" if _is_binary(seqs) else "normal"
+        if requested == "bernoulli" and not _is_binary(seqs):
+            raise ValueError(f"{where}: observation='bernoulli' needs 0/1 data, got other values")
+        return requested
+
+    def _build_model(self, info: _DataInfo, observation: str, device) -> SequentialModel:
+        from bbvae.sequential.ghmm import GaussianHMM
+        from bbvae.sequential.independent import IndependentVAE
+        from bbvae.sequential.rnn import RNN
+        from bbvae.sequential.srnn import SRNN
+        from bbvae.sequential.vrnn import VRNN
+
+        if isinstance(self.model, SequentialModel):
+            model = copy.deepcopy(self.model)
+            return model.to(device) if device is not None else model
+        dim = info.n_categories if observation == "categorical" else info.obs_shape[0]
+        if self.model == "ghmm":
+            model = GaussianHMM(self.latent_size or dim, dim, proposal=self.proposal)
+            return model.to(device) if device is not None else model
+        latent = self.latent_size or _DEFAULT_LATENT
+        dtype = torch.get_default_dtype()
+        x_mean = info.mean.to(dtype) if observation != "categorical" else None
+        common = dict(cell=self.cell, observation=observation, x_mean=x_mean)
+        if self.model == "rnn":
+            model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
+        else:
+            cls = {"vrnn": VRNN, "srnn": SRNN, "independent": IndependentVAE}[self.model]
+            model = cls(dim, latent_size=latent, hidden_size=self.hidden_size, **common)
+        # The FIVO initialisation: the emission starts at the training mean (Bernoulli: logit(mean)).
+        model.init_output_bias(info.mean.to(dtype))
+        return model.to(device) if device is not None else model
+
+    def _build_loss(self, model: SequentialModel) -> Loss:
+        from bbvae.losses.elbo import ELBO
+        from bbvae.losses.fivo import FIVO
+        from bbvae.losses.iwae import IWAE
+        from bbvae.losses.nvil import NVIL
+        from bbvae.losses.rws import RWS
+        from bbvae.losses.vimco import VIMCO
+
+        q, p, k = model.inf_net, model.gen_model, self.n_samples
+        if self.bound == "fivo":
+            return FIVO(
+                q,
+                p,
+                k,
+                resampling=self.resampling,
+                ess_threshold=self.ess_threshold,
+                normalize=self.normalize,
+            )
+        if self.bound == "elbo":
+            loss = ELBO(q, p, k, estimator="auto" if model.has_rsample else "score")
+        elif self.bound == "iwae":
+            loss = IWAE(q, p, k)
+        elif self.bound == "vimco":
+            loss = VIMCO(q, p, k)
+        elif self.bound == "nvil":
+            # The default NVIL baseline is an MLP of the flattened x, which ragged batches change
+            # the size of; sequences use the running centring and scaling only.
+            loss = NVIL(q, p, k, baseline=False)
+        else:
+            loss = RWS(q, p, k)
+        return _PerStepLoss(loss) if self.normalize == "length" else loss
+
+    def _setup(self, X: Any, where: str):
+        """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
+        device = self._validate_params()
+        if self.random_state is not None:
+            set_seed(self.random_state)
+        train = to_sequences(X, "train", self.max_length, where)
+        info = _data_info(X, train, where)
+        observation = (
+            self._observation_for(info, train, where)
+            if not isinstance(self.model, SequentialModel)
+            else "custom"
+        )
+        model = self._build_model(info, observation, device)
+        self.model_ = model
+        self.loss_ = self._build_loss(model)
+        self.observation_ = observation
+        self.obs_shape_ = info.obs_shape
+        self.n_categories_ = info.n_categories
+        self.vocabulary_ = info.vocabulary
+        self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
+        return train
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> SequenceModel:
+        """Build the model for ``X`` and train it.
+
+        Args:
+            X: training data (see the module docstring); for a data set its ``"train"`` split.
+            y: ignored (scikit-learn API).
+            X_valid: validation sequences (same forms). Without it, a data set's ``"valid"``
+                split is used when ``eval_every`` or ``patience`` is set. Validation reports
+                ``eval_bound`` in nats per time step (``valid_history_``).
+            resume: continue from ``logdir/last.pt`` (``True``), if present (``"auto"``), or
+                from a checkpoint path (see :meth:`bbvae.training.Trainer.fit`).
+
+        Returns:
+            self.
+        """
+        where = f"{type(self).__name__}.fit"
+        train = self._setup(X, where)
+        valid = None
+        if X_valid is not None:
+            valid = self._check_sequences(to_sequences(X_valid, "valid", self.max_length, where), where)
+        elif _is_dataset(X) and (self.eval_every is not None or self.patience is not None):
+            if not _is_text(X) or len(X.split("valid")) > 0:
+                valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)
+        functions, objects = split_callbacks(self.callbacks, where)
+        self.loss_history_, self.valid_history_, self.n_iter_ = [], [], 0
+        trainer = Trainer(
+            self.loss_,
+            optimizer=self.optimizer,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            max_steps=self.max_steps,
+            max_epochs=self.max_epochs,
+            clip_grad_norm=self.clip_grad_norm,
+            log_every=self.log_every,
+            checkpoint_every=self.checkpoint_every,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            evaluate_fn=self._validation_bound,
+            logdir=self.logdir,
+            seed=self.random_state,
+            progress=bool(self.progress),
+            callbacks=[_EstimatorCallback(self, functions), *objects],
+        )
+        self.trainer_ = trainer
+        trainer.fit(SequenceData(train), valid, resume=resume)
+        trainer_results(self, trainer)
+        self.model_.eval()
+        return self
+
+    def load(self, X, path) -> SequenceModel:
+        """Build the model for data ``X`` (as :meth:`fit` would) and load a trainer checkpoint.
+
+        ``SequenceModel(**same_params).load(data, "runs/x/last.pt")`` restores what ``fit`` with
+        ``logdir="runs/x"`` trained, without training.
+
+        Args:
+            X: the training data the model was fit on (its size, statistics and vocabulary shape
+                the model).
+            path: a checkpoint written by the trainer (``last.pt`` or ``best.pt``).
+
+        Returns:
+            self, fitted.
+        """
+        from bbvae.checkpoint import load_checkpoint
+
+        where = f"{type(self).__name__}.load"
+        self._setup(X, where)
+        state = load_checkpoint(path, map_location="cpu", expected_format="bbvae.trainer")
+        try:
+            self.loss_.load_state_dict(state["model_state"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(
+                f"{where}: the checkpoint {str(path)!r} does not match this model ({first}); build the "
+                "estimator with the parameters it was trained with"
+            ) from None
+        self.loss_history_ = list(state.get("loss_history", []))
+        self.valid_history_ = list(state.get("valid_history", []))
+        self.n_iter_ = int(state.get("step", 0))
+        self.n_epochs_ = int(state.get("epoch", 0))
+        self.seed_ = state.get("config", {}).get("seed")
+        self.model_.eval()
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
+        first = seqs[0]
+        if self.n_categories_ is not None:
+            if first.is_floating_point() or first.dim() != 1:
+                raise ValueError(
+                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
+                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
+                )
+            top = max(int(s.max()) for s in seqs)
+            low = min(int(s.min()) for s in seqs)
+            if low < 0 or top >= self.n_categories_:
+                raise ValueError(
+                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
+                )
+        elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
+            raise ValueError(
+                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
+                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
+            )
+        return seqs
+
+    def _eval_settings(self) -> tuple[str, int]:
+        bound = self.eval_bound or _EVAL_OF[self.bound]
+        if bound == "exact" and not callable(getattr(self.model_, "exact_log_prob", None)):
+            raise ValueError(
+                f"{type(self).__name__}: eval_bound='exact', but {type(self.model_).__name__} has no "
+                "exact_log_prob"
+            )
+        return bound, self.n_samples_eval or self.n_samples
+
+    def _bounds(self, seqs: list[torch.Tensor]) -> torch.Tensor:
+        bound, k = self._eval_settings()
+        return sequence_bounds(
+            self.model_,
+            seqs,
+            bound=bound,
+            n_samples=k,
+            batch_size=max(self.batch_size, 128),
+            resampling=self.resampling,
+            ess_threshold=self.ess_threshold,
+        )
+
+    def _validation_bound(self, loss: nn.Module, seqs: list[torch.Tensor]) -> float:
+        """The trainer's validation: ``eval_bound`` in nats per step, with the same noise every time."""
+        param = next(iter(self.model_.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        seed = (self.trainer_.seed_ if hasattr(self.trainer_, "seed_") else 0) + _EVAL_SEED
+        with _seeded(seed, device):
+            total = float(self._bounds(seqs).sum())
+        return total / sum(s.shape[0] for s in seqs)
+
+    def score_samples(self, X, split: str = "test") -> torch.Tensor:
+        """The bound (``eval_bound``, ``n_samples_eval`` particles) of every sequence, nats per sequence.
+
+        Args:
+            X: sequences (see the module docstring); for a data set, its split ``split``.
+            split: the split of a data set to score.
+
+        Returns:
+            ``[N]`` float64 tensor on the CPU.
+        """
+        check_is_fitted(self, "score_samples")
+        where = f"{type(self).__name__}.score_samples"
+        seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
+        return self._bounds(seqs)
+
+    def score(self, X, y=None, split: str = "test") -> float:
+        """The bound in **nats per time step**: the sum of the sequences' bounds over the total length.
+
+        This is how sequence-model papers (and the FIVO reference) report bounds; it is not the
+        mean of :meth:`score_samples` (nats per sequence) unless all sequences have one step.
+        """
+        check_is_fitted(self, "score")
+        where = f"{type(self).__name__}.score"
+        seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
+        return float(self._bounds(seqs).sum()) / sum(s.shape[0] for s in seqs)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int = 1, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` sequences ancestrally from the trained model.
+
+        Args:
+            n: number of sequences.
+            length: steps per sequence (None: ``max_length`` if set, else the mean training
+                length ``mean_length_``).
+
+        Returns:
+            ``(x [n, length, *obs_shape], z [n, length, *latent_shape])`` on the CPU (x is long for
+            symbols).
+        """
+        check_is_fitted(self, "sample")
+        where = f"{type(self).__name__}.sample"
+        check_int("n", n, where)
+        length = self._default_length(length, where)
+        x, z = generate(self.model_, n, length=length)
+        return x.cpu(), z.cpu()
+
+    def sample_continuations(
+        self, prefixes, n_samples: int = 1, length: int | None = None, n_particles: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continue each prefix: filter it with a particle filter, then sample ahead ancestrally.
+
+        Args:
+            prefixes: ``B`` beginnings, a list of ``[P_i, *obs_shape]`` tensors, a SequenceBatch or a
+                Tensor ``[B, P, *obs_shape]`` (each continuation starts after its own prefix).
+            n_samples: continuations per prefix.
+            length: steps to generate (None: as in :meth:`sample`).
+            n_particles: particles of the filter (None: ``max(n_samples_eval or n_samples, 16)``).
+
+        Returns:
+            ``(x [B, n_samples, length, *obs_shape], z [B, n_samples, length, *latent_shape])`` on
+            the CPU.
+        """
+        from bbvae.sequential.sampling import sample_continuations
+
+        check_is_fitted(self, "sample_continuations")
+        where = f"{type(self).__name__}.sample_continuations"
+        check_int("n_samples", n_samples, where)
+        check_int("n_particles", n_particles, where, optional=True)
+        length = self._default_length(length, where)
+        seqs = self._check_sequences(to_sequences(prefixes, "test", None, where), where)
+        batch = SequenceData(seqs).batch(list(range(len(seqs))))
+        param = next(iter(self.model_.parameters()))
+        x = batch.x.to(param.device)
+        if x.is_floating_point():
+            x = x.to(param.dtype)
+        was_training = self.model_.training
+        self.model_.eval()
+        try:
+            xs, zs = sample_continuations(
+                self.model_,
+                x,
+                n_samples,
+                length,
+                lengths=batch.lengths.to(param.device),
+                n_particles=n_particles or max(self.n_samples_eval or self.n_samples, 16),
+                resampling=self.resampling,
+                ess_threshold=self.ess_threshold,
+            )
+        finally:
+            self.model_.train(was_training)
+        return xs.cpu(), zs.cpu()
+
+    def _default_length(self, length: int | None, where: str) -> int:
+        if length is None:
+            return self.max_length or self.mean_length_
+        check_int("length", length, where)
+        return length

@@ -1,0 +1,188 @@
+"""The variational recurrent neural network (VRNN; Chung et al. 2015), as in the FIVO reference.
+
+Per step, with ``h_{t-1}`` the recurrent state, ``u_t`` optional side inputs and
+``c_t = [h_{t-1}, u_t]``:
+
+* prior ``p(z_t | c_t) = N(mu_p(c_t), sigma_p(c_t))`` (diagonal Gaussian, MLP),
+* proposal ``q(z_t | c_t, x_t) = N(mu_q(c_t, phi_x(x_t)), sigma_q(...))``,
+* emission ``p(x_t | z_t, c_t)`` from ``decoder([c_t, phi_z(z_t)])`` (Bernoulli, Normal, Categorical
+  or a user's family),
+* recurrence ``h_t = f(h_{t-1}, [phi_x(x_t), phi_z(z_t), u_t])`` with an LSTM or GRU cell.
+
+q and p share the recurrence, which runs once per step for all particles (one cell call on the
+flattened ``[batch * K]`` batch). ``phi_x(x_t)`` and its projection into the proposal's first
+layer depend on ``x`` alone, so :meth:`VRNN.encode` computes them once per sequence, batched over
+``[batch, T]``.
+
+How a sequence model plugs into bbvae (the step contract of :mod:`bbvae.sequential.base`): a
+:class:`~bbvae.sequential.base.SequentialModel` implements ``encode(x, lengths, inputs)`` (x-only
+work, once per sequence, returned as a per-step list taken with ``unbind(1)``),
+``init_state(encoded, K)`` (leaves ``[batch, K, ...]``), ``step(state, encoded_t, z=None,
+reparametrize=True) -> StepOutput(state, z_t, log p(x_t, z_t | past), log q(z_t | past, x))``, and
+``generate_init`` / ``generate_step`` to sample. Then ``IWAE(model.inf_net, model.gen_model, K)``,
+every other loss of :mod:`bbvae.losses`, FIVO and :func:`bbvae.sequential.smc.smc` work unchanged::
+
+    model = VRNN(obs_dim=88, latent_size=64)
+    model.init_output_bias(train_mean)                     # FIVO initialisation
+    loss = IWAE(model.inf_net, model.gen_model, n_samples=4)
+    loss(x, lengths=lengths).backward()                    # x [batch, T, 88]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bbvae._validation import check_positive_int
+from bbvae.models import mlp
+from bbvae.sequential.base import StepOutput
+from bbvae.sequential.nets import (
+    GaussianHead,
+    NeuralSequentialModel,
+    check_cell,
+    draw_normal,
+    make_cell,
+    normal_log_prob,
+    step_cell,
+    zero_rnn_state,
+)
+
+
+class VRNN(NeuralSequentialModel):
+    """Variational RNN with diagonal Gaussian latents (reparametrizable).
+
+    Args:
+        obs_dim: size of ``x_t`` (88 for piano rolls), or the vocabulary size for
+            ``observation="categorical"`` (then ``x`` is long ``[batch, T]``).
+        latent_size: size of ``z_t`` (FIVO default 64).
+        hidden_size: recurrent state size (default ``latent_size``).
+        fc_hidden_sizes: hidden layers of every MLP (default ``(latent_size,)``).
+        encoded_size: size of ``phi_x(x_t)`` and ``phi_z(z_t)`` (default ``latent_size``).
+        cell: ``"lstm"`` or ``"gru"``.
+        observation: ``"bernoulli"``, ``"normal"``, ``"categorical"``, an
+            :class:`~bbvae.sequential.nets.Observation`, or a callable ``params -> Distribution``
+            (then ``decoder`` is required).
+        input_size: size of the side inputs ``u_t`` (0: none).
+        x_mean: ``[obs_dim]`` subtracted from ``x`` before ``phi_x`` (FIVO centring).
+        embedding_size: symbol embedding size for categorical observations.
+        encoder: ``phi_x``, a module ``[..., feature_size] -> [..., encoded_size]`` (default: MLP).
+        decoder: a module ``[..., decoder_input_size] -> [..., param_size]`` where
+            ``decoder_input_size = hidden_size + input_size + encoded_size`` (default: MLP).
+
+    Attributes:
+        cell: the ``nn.LSTMCell`` / ``nn.GRUCell`` (called once per step).
+        prior, proposal: :class:`~bbvae.sequential.nets.GaussianHead` of ``p(z_t|.)``, ``q(z_t|.)``.
+        z_encoder: ``phi_z``.
+        latent_shape: ``(latent_size,)``.
+    """
+
+    has_rsample = True
+
+    def __init__(
+        self,
+        obs_dim: int,
+        latent_size: int = 64,
+        hidden_size: int | None = None,
+        fc_hidden_sizes: Sequence[int] | None = None,
+        encoded_size: int | None = None,
+        cell: str = "lstm",
+        observation="bernoulli",
+        input_size: int = 0,
+        x_mean: torch.Tensor | None = None,
+        embedding_size: int | None = None,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        where = "VRNN"
+        check_positive_int("latent_size", latent_size, where)
+        check_positive_int("input_size", input_size, where, minimum=0)
+        check_cell(cell, where)
+        self.obs_dim = obs_dim
+        self.latent_size = latent_size
+        self.hidden_size = latent_size if hidden_size is None else hidden_size
+        check_positive_int("hidden_size", self.hidden_size, where)
+        self.fc_hidden_sizes = (latent_size,) if fc_hidden_sizes is None else tuple(fc_hidden_sizes)
+        encoded = latent_size if encoded_size is None else encoded_size
+        self.cell_type = cell
+        self.input_size = input_size
+        self.latent_shape = (latent_size,)
+        ctx = self.hidden_size + input_size
+        self._build_io(
+            obs_dim,
+            observation,
+            embedding_size,
+            encoder,
+            encoded,
+            decoder,
+            ctx + encoded,
+            self.fc_hidden_sizes,
+            x_mean,
+        )
+        fc = self.fc_hidden_sizes
+        self.z_encoder = mlp([latent_size, *fc, encoded], nn.ReLU)
+        self.prior = GaussianHead([ctx], fc, latent_size)
+        self.proposal = GaussianHead([ctx, encoded], fc, latent_size)
+        self.cell = make_cell(cell, 2 * encoded + input_size, self.hidden_size)
+
+    # ------------------------------------------------------------------------ inference
+    def encode(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
+    ):
+        """Per-step items ``{"x", "xf", "qx", "u"}``: ``x_t``, ``phi_x(x_t)``, its proposal projection."""
+        x, inputs = self.prepare(x, lengths, inputs)
+        xf = self.x_features(x)  # [batch, T, encoded]: one encoder call per sequence
+        qx = self.proposal.project(1, xf)  # [batch, T, first proposal layer]
+        us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
+        return [
+            {"x": x_t, "xf": xf_t, "qx": qx_t, "u": u_t}
+            for x_t, xf_t, qx_t, u_t in zip(x.unbind(1), xf.unbind(1), qx.unbind(1), us)
+        ]
+
+    def init_state(self, encoded, n_particles: int) -> dict:
+        like = encoded[0]["xf"]
+        return zero_rnn_state(self.cell_type, like, like.shape[0], n_particles, self.hidden_size)
+
+    def _context(self, h: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        if u is None:
+            return h
+        return torch.cat([h, u.expand(*h.shape[:2], u.shape[-1])], dim=-1)  # [batch, K, hidden + input]
+
+    def step(self, state: dict, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True):
+        h = state["h"]
+        batch, k, _ = h.shape
+        u = encoded_t["u"].unsqueeze(1) if encoded_t["u"] is not None else None
+        ctx = self._context(h, u)  # [batch, K, C]
+        p_loc, p_scale = self.prior.gaussian(ctx)
+        q_pre = self.proposal.project(0, ctx) + encoded_t["qx"].unsqueeze(1)
+        q_loc, q_scale = self.proposal.params(self.proposal.finish(q_pre))
+        if z is None:
+            z = draw_normal(q_loc, q_scale, reparametrize and self.has_rsample)
+        zf = self.z_encoder(z)  # [batch, K, encoded]
+        params = self.decoder(torch.cat([ctx, zf], dim=-1))
+        log_px = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
+        log_p = normal_log_prob(z, p_loc, p_scale) + log_px
+        log_q = normal_log_prob(z, q_loc, q_scale)
+        parts = [encoded_t["xf"].unsqueeze(1).expand(batch, k, -1), zf]
+        if u is not None:
+            parts.append(u.expand(batch, k, -1))
+        new_state = step_cell(self.cell, torch.cat(parts, dim=-1), state)  # the one cell call of the step
+        return StepOutput(new_state, z, log_p, log_q)
+
+    # ----------------------------------------------------------------------- generation
+    def generate_init(self, batch_size: int, n_samples: int, like: torch.Tensor) -> dict:
+        return zero_rnn_state(self.cell_type, self._like(like), batch_size, n_samples, self.hidden_size)
+
+    def generate_step(self, state: dict, inputs_t: torch.Tensor | None = None):
+        h = state["h"]
+        batch, n, _ = h.shape
+        u = self.step_inputs(inputs_t, batch, n, "VRNN.generate_step")
+        ctx = self._context(h, u)
+        p_loc, p_scale = self.prior.gaussian(ctx)
+        z = draw_normal(p_loc, p_scale, reparametrize=False)
+        zf = self.z_encoder(z)
+        x = self.observation.sample(self.decoder(torch.cat([ctx, zf], dim=-1)))  # [batch, n, *obs]
+        parts = [self.x_features(x), zf] + ([u] if u is not None else [])
+        return step_cell(self.cell, torch.cat(parts, dim=-1), state), x, z
