@@ -310,10 +310,11 @@ def smc(
 
 def _trace_lines(zs: list[torch.Tensor], ancestors: torch.Tensor) -> torch.Tensor:
     """Each final particle's line of latents ``[batch, K, T, ...]`` from per-step ``z_t`` and ancestors."""
-    index = ancestors[:, -1]  # the last step is never resampled: the identity
+    steps = ancestors.unbind(1)  # T tensors [batch, K]
+    index = steps[-1]  # the last step is never resampled: the identity
     lines = []
     for t in range(len(zs) - 1, -1, -1):
-        # after step t, particle k continues particle ancestors[:, t, k] of step t
-        index = torch.gather(ancestors[:, t], 1, index) if t < len(zs) - 1 else index
+        # after step t, particle k continues particle steps[t][:, k] of step t
+        index = torch.gather(steps[t], 1, index) if t < len(zs) - 1 else index
         lines.append(gather_particles(zs[t], index))
     return torch.stack(lines[::-1], dim=2)
