@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     common.add_argument("--seed", type=_int, help="random seed (train default: drawn; eval/sample: 0)")
     common.add_argument(
+        "--threads",
+        type=_int,
+        help="intra-op CPU threads (default: torch's; 1 is fastest for small models on a busy machine)",
+    )
+    common.add_argument(
         "--batch-size",
         type=_positive_int,
         help="train: sequences per step (default 4); "
@@ -677,6 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     command = {"train": _train, "eval": _eval, "sample": _sample}[args.command]
+    if args.threads is not None:
+        if args.threads < 1:
+            return _fail(f"argument --threads: expected an integer >= 1, got {args.threads}", 2)
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return command(args)
     except UsageError as exc:

@@ -15,7 +15,20 @@ import torch
 from bbvae.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--latent-size", "3", "--hidden-size", "4", "--max-steps", "2", "--log-every", "1", "--seed", "0"]
+TINY = [
+    "--latent-size",
+    "3",
+    "--hidden-size",
+    "4",
+    "--max-steps",
+    "2",
+    "--log-every",
+    "1",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +225,7 @@ def test_synthetic_data_from_a_file(tmp_path, capsys):
         (["train", "--logdir", "{tmp}/a", "--device", "banana"], "invalid device 'banana'"),
         (["train", "--logdir", "{tmp}/a", "--resume"], "has no last.pt to continue from"),
         (["eval", "--logdir", "{tmp}/nothing"], "no such directory"),
+        (["eval", "--logdir", "{tmp}", "--threads", "0"], "--threads: expected an integer >= 1"),
         (["sample", "--logdir", "{tmp}"], "holds no trained model"),
         (["train", "--logdir", "{tmp}/a", "--dataset-path", "{tmp}/not_a_pickle.txt"], "not a readable"),
     ],

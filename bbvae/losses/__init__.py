@@ -9,6 +9,7 @@ from bbvae.losses.elbo import ELBO
 from bbvae.losses.fivo import FIVO
 from bbvae.losses.iwae import IWAE
 from bbvae.losses.nvil import NVIL
+from bbvae.losses.per_step import PerStep
 from bbvae.losses.rws import RWS
 from bbvae.losses.vimco import VIMCO
 from bbvae.losses.wake_sleep import WakeSleep
@@ -23,6 +24,7 @@ __all__ = [
     "Concrete",
     "GumbelSoftmax",
     "Loss",
+    "PerStep",
     "WakeSleep",
     "effective_sample_size",
     "log_mean_exp",

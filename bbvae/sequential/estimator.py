@@ -48,6 +48,7 @@ from bbvae.estimator import (
     trainer_results,
 )
 from bbvae.losses.base import Loss
+from bbvae.losses.per_step import PerStep
 from bbvae.sequential.base import SequentialModel, generate, run_particles
 from bbvae.training import Callback, SequenceData, Trainer, set_seed
 
@@ -267,30 +268,6 @@ def _seeded(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
-
-
-class _PerStepLoss(Loss):
-    """A loss whose bound (and gradient) is divided by each sequence's length.
-
-    The FIVO reference trains on the batch mean of ``bound / length``; FIVO has this built in
-    (``normalize="length"``), this wrapper gives it to every other loss. ``inner`` is the wrapped
-    loss; its ``log_p_``, ``log_q_``, ``ess_`` and ``max_weight_`` are copied after each call.
-    """
-
-    def __init__(self, inner: Loss) -> None:
-        super().__init__(inner.inf_net, inner.gen_model, inner.n_samples)
-        self.inner = inner
-
-    def estimate(self, x: torch.Tensor, lengths: torch.Tensor | None = None, **context):
-        bound, objective = self.inner.estimate(x, lengths=lengths, **context)
-        for name in ("log_p_", "log_q_", "ess_", "max_weight_"):  # the inner loss's diagnostics
-            if name in vars(self.inner):
-                setattr(self, name, getattr(self.inner, name))
-        if lengths is None:
-            steps = torch.full_like(bound, float(x.shape[1]))
-        else:
-            steps = lengths.to(device=bound.device, dtype=bound.dtype)
-        return bound / steps, objective / steps
 
 
 # ============================================================================ estimator
@@ -557,7 +534,7 @@ class SequenceModel(EstimatorMixin):
             loss = NVIL(q, p, k, baseline=False)
         else:
             loss = RWS(q, p, k)
-        return _PerStepLoss(loss) if self.normalize == "length" else loss
+        return PerStep(loss) if self.normalize == "length" else loss
 
     def _setup(self, X: Any, where: str):
         """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
