@@ -238,6 +238,35 @@ def split_callbacks(callbacks: Any, where: str) -> tuple[list[Callable], list[Ca
     return functions, objects
 
 
+def make_trainer(estimator: Any, loss: Loss, where: str, **extra: Any) -> Trainer:
+    """The :class:`~bbvae.training.Trainer` an estimator's hyper-parameters describe.
+
+    Also resets the estimator's histories; ``extra`` adds Trainer keywords (``evaluate_fn``).
+    """
+    functions, objects = split_callbacks(estimator.callbacks, where)
+    estimator.loss_history_, estimator.valid_history_, estimator.n_iter_ = [], [], 0
+    trainer = Trainer(
+        loss,
+        optimizer=estimator.optimizer,
+        learning_rate=estimator.learning_rate,
+        batch_size=estimator.batch_size,
+        max_steps=estimator.max_steps,
+        max_epochs=estimator.max_epochs,
+        clip_grad_norm=estimator.clip_grad_norm,
+        log_every=estimator.log_every,
+        checkpoint_every=estimator.checkpoint_every,
+        eval_every=estimator.eval_every,
+        patience=estimator.patience,
+        logdir=estimator.logdir,
+        seed=estimator.random_state,
+        progress=bool(estimator.progress),
+        callbacks=[_EstimatorCallback(estimator, functions), *objects],
+        **extra,
+    )
+    estimator.trainer_ = trainer
+    return trainer
+
+
 def trainer_results(estimator: Any, trainer: Trainer) -> None:
     """Copy a finished trainer's histories onto the estimator."""
     estimator.trainer_ = trainer
@@ -455,28 +484,9 @@ class VAE(EstimatorMixin):
                     f"but X rows have {shape_str(list(X.shape[1:]))}"
                 )
         loss = loss_cls(inf_net, gen_model, self.n_samples, **(self.loss_options or {}))
-        functions, objects = split_callbacks(self.callbacks, where)
+        trainer = make_trainer(self, loss, where)  # checks the callbacks first
         self.inf_net_, self.gen_model_, self.loss_ = inf_net, gen_model, loss
         self.obs_shape_ = tuple(X.shape[1:])
-        self.loss_history_, self.valid_history_, self.n_iter_ = [], [], 0
-        trainer = Trainer(
-            loss,
-            optimizer=self.optimizer,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            max_steps=self.max_steps,
-            max_epochs=self.max_epochs,
-            clip_grad_norm=self.clip_grad_norm,
-            log_every=self.log_every,
-            checkpoint_every=self.checkpoint_every,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            logdir=self.logdir,
-            seed=self.random_state,
-            progress=bool(self.progress),
-            callbacks=[_EstimatorCallback(self, functions), *objects],
-        )
-        self.trainer_ = trainer
         trainer.fit(X, X_valid, resume=resume)
         trainer_results(self, trainer)
         inf_net.eval()

@@ -37,20 +37,19 @@ from bbvae._validation import shape_str
 from bbvae.data.batching import SequenceBatch
 from bbvae.estimator import (
     EstimatorMixin,
-    _EstimatorCallback,
     check_choice,
     check_float,
     check_int,
     check_is_fitted,
     check_random_state,
+    make_trainer,
     resolve_device,
-    split_callbacks,
     trainer_results,
 )
 from bbvae.losses.base import Loss
 from bbvae.losses.per_step import PerStep
 from bbvae.sequential.base import SequentialModel, generate, run_particles
-from bbvae.training import Callback, SequenceData, Trainer, set_seed
+from bbvae.training import Callback, SequenceData, set_seed
 
 __all__ = ["SequenceModel", "MODELS", "BOUNDS", "sequence_bounds"]
 
@@ -582,27 +581,7 @@ class SequenceModel(EstimatorMixin):
         elif _is_dataset(X) and (self.eval_every is not None or self.patience is not None):
             if not _is_text(X) or len(X.split("valid")) > 0:
                 valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)
-        functions, objects = split_callbacks(self.callbacks, where)
-        self.loss_history_, self.valid_history_, self.n_iter_ = [], [], 0
-        trainer = Trainer(
-            self.loss_,
-            optimizer=self.optimizer,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            max_steps=self.max_steps,
-            max_epochs=self.max_epochs,
-            clip_grad_norm=self.clip_grad_norm,
-            log_every=self.log_every,
-            checkpoint_every=self.checkpoint_every,
-            eval_every=self.eval_every,
-            patience=self.patience,
-            evaluate_fn=self._validation_bound,
-            logdir=self.logdir,
-            seed=self.random_state,
-            progress=bool(self.progress),
-            callbacks=[_EstimatorCallback(self, functions), *objects],
-        )
-        self.trainer_ = trainer
+        trainer = make_trainer(self, self.loss_, where, evaluate_fn=self._validation_bound)
         trainer.fit(SequenceData(train), valid, resume=resume)
         trainer_results(self, trainer)
         self.model_.eval()
