@@ -498,6 +498,40 @@ class NeuralSequentialModel(SequentialModel):
     :mod:`bbvae.losses` and the SMC bounds then work through ``model.inf_net`` / ``model.gen_model``.
     """
 
+    def _set_sizes(
+        self,
+        where: str,
+        obs_dim: int,
+        latent_size: int | None,
+        hidden_size: int | None,
+        fc_hidden_sizes: Sequence[int] | None,
+        encoded_size: int | None,
+        cell: str,
+        input_size: int,
+    ) -> int:
+        """Check and store the sizes every neural model shares; return the feature size.
+
+        Unset sizes default to ``latent_size`` (the FIVO convention), or to ``hidden_size`` for a
+        model without latents (``latent_size=None``).
+        """
+        if latent_size is not None:
+            check_positive_int("latent_size", latent_size, where)
+        else:
+            check_positive_int("hidden_size", hidden_size, where)
+        check_positive_int("input_size", input_size, where, minimum=0)
+        check_cell(cell, where)
+        default = hidden_size if latent_size is None else latent_size
+        self.obs_dim = obs_dim
+        self.hidden_size = default if hidden_size is None else hidden_size
+        check_positive_int("hidden_size", self.hidden_size, where)
+        self.fc_hidden_sizes = (default,) if fc_hidden_sizes is None else tuple(fc_hidden_sizes)
+        self.cell_type = cell
+        self.input_size = input_size
+        if latent_size is not None:
+            self.latent_size = latent_size
+            self.latent_shape = (latent_size,)
+        return default if encoded_size is None else encoded_size
+
     def _build_io(
         self,
         obs_dim: int,

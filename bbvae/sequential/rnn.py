@@ -15,12 +15,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bbvae._validation import check_positive_int
 from bbvae.sequential.base import StepOutput
 from bbvae.sequential.nets import (
     NeuralSequentialModel,
     causal_context,
-    check_cell,
     context_after,
     length_mask,
     make_rnn,
@@ -68,15 +66,9 @@ class RNN(NeuralSequentialModel):
     ) -> None:
         super().__init__()
         where = "RNN"
-        check_positive_int("hidden_size", hidden_size, where)
-        check_positive_int("input_size", input_size, where, minimum=0)
-        check_cell(cell, where)
-        self.obs_dim = obs_dim
-        self.hidden_size = hidden_size
-        self.fc_hidden_sizes = (hidden_size,) if fc_hidden_sizes is None else tuple(fc_hidden_sizes)
-        encoded = hidden_size if encoded_size is None else encoded_size
-        self.cell_type = cell
-        self.input_size = input_size
+        encoded = self._set_sizes(
+            where, obs_dim, None, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+        )
         self.latent_shape = (0,)
         ctx = hidden_size + input_size
         self._build_io(

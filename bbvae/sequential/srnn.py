@@ -33,7 +33,6 @@ from bbvae.sequential.nets import (
     GaussianHead,
     NeuralSequentialModel,
     causal_context,
-    check_cell,
     context_after,
     draw_normal,
     make_rnn,
@@ -90,21 +89,12 @@ class SRNN(NeuralSequentialModel):
     ) -> None:
         super().__init__()
         where = "SRNN"
-        check_positive_int("latent_size", latent_size, where)
-        check_positive_int("input_size", input_size, where, minimum=0)
-        check_cell(cell, where)
-        self.obs_dim = obs_dim
-        self.latent_size = latent_size
-        self.hidden_size = latent_size if hidden_size is None else hidden_size
+        encoded = self._set_sizes(
+            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+        )
         self.backward_size = self.hidden_size if backward_size is None else backward_size
-        check_positive_int("hidden_size", self.hidden_size, where)
         check_positive_int("backward_size", self.backward_size, where)
-        self.fc_hidden_sizes = (latent_size,) if fc_hidden_sizes is None else tuple(fc_hidden_sizes)
-        encoded = latent_size if encoded_size is None else encoded_size
-        self.cell_type = cell
-        self.input_size = input_size
         self.resq = bool(resq)
-        self.latent_shape = (latent_size,)
         ctx = self.hidden_size + input_size
         fc = self.fc_hidden_sizes
         self._build_io(

@@ -35,13 +35,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bbvae._validation import check_positive_int
 from bbvae.models import mlp
 from bbvae.sequential.base import StepOutput
 from bbvae.sequential.nets import (
     GaussianHead,
     NeuralSequentialModel,
-    check_cell,
     draw_normal,
     make_cell,
     normal_log_prob,
@@ -97,18 +95,9 @@ class VRNN(NeuralSequentialModel):
     ) -> None:
         super().__init__()
         where = "VRNN"
-        check_positive_int("latent_size", latent_size, where)
-        check_positive_int("input_size", input_size, where, minimum=0)
-        check_cell(cell, where)
-        self.obs_dim = obs_dim
-        self.latent_size = latent_size
-        self.hidden_size = latent_size if hidden_size is None else hidden_size
-        check_positive_int("hidden_size", self.hidden_size, where)
-        self.fc_hidden_sizes = (latent_size,) if fc_hidden_sizes is None else tuple(fc_hidden_sizes)
-        encoded = latent_size if encoded_size is None else encoded_size
-        self.cell_type = cell
-        self.input_size = input_size
-        self.latent_shape = (latent_size,)
+        encoded = self._set_sizes(
+            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+        )
         ctx = self.hidden_size + input_size
         self._build_io(
             obs_dim,
