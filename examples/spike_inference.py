@@ -147,7 +147,7 @@ def evaluate(inf_net, gen_model, y, spikes, n_is: int) -> dict[str, float]:
     }
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1500, help="optimisation steps per estimator")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -187,15 +187,13 @@ def main(argv=None) -> None:
         gen_model.load_state_dict(init_gen.state_dict())
         gen_model.requires_grad_(not args.fixed_gen)
         loss = make_loss(name, inf_net, gen_model, args.k, args.temperature)
-        opt = None
+        loss.prepare(y_train[: args.batch_size])  # NVIL builds its baseline network from the data shape
+        opt = torch.optim.Adam([p for p in loss.parameters() if p.requires_grad], lr=args.lr)
         start = time.perf_counter()
         for _ in range(args.steps):
             idx = torch.randint(0, args.n_train, (args.batch_size,))
-            value = loss(y_train[idx])
-            if opt is None:  # after the first call: NVIL builds its baseline network there
-                opt = torch.optim.Adam([p for p in loss.parameters() if p.requires_grad], lr=args.lr)
             opt.zero_grad(set_to_none=True)
-            value.backward()
+            loss(y_train[idx]).backward()
             opt.step()
         seconds = time.perf_counter() - start
         results[name] = {
@@ -226,6 +224,7 @@ def main(argv=None) -> None:
         f"{'truth':<10} {'':>8} {'':>6} {'':>6} {'':>9} {'':>9} {t['rate']:>6.3f} {t['gamma']:>6.3f} "
         f"{t['amplitude']:>6.3f} {t['sigma']:>6.3f}"
     )
+    return results
 
 
 if __name__ == "__main__":

@@ -181,3 +181,14 @@ def test_quickstart_is_short():
     body = source.split('"""', 2)[2]
     lines = [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert len(lines) < 15, lines
+
+
+def test_spike_inference_runs_every_estimator(capsys):
+    results = load_example("spike_inference").main(
+        ["--steps", "3", "--batch-size", "4", "--T", "20", "--n-train", "16", "--n-test", "8", "--n-is", "20"]
+    )
+    assert set(results) == {"VIMCO", "NVIL", "RWS", "Concrete"}
+    for r in results.values():
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["f1"] <= 1.0
+        assert math.isfinite(r["elbo"]) and math.isfinite(r["log_lik"])
+    assert "truth" in capsys.readouterr().out
