@@ -483,7 +483,7 @@ class VAE(EstimatorMixin):
                     f"{where}: X_valid rows have shape {shape_str(list(X_valid.shape[1:]))}, "
                     f"but X rows have {shape_str(list(X.shape[1:]))}"
                 )
-        loss = loss_cls(inf_net, gen_model, self.n_samples, **(self.loss_options or {}))
+        loss = loss_cls(inf_net, gen_model, n_samples=self.n_samples, **(self.loss_options or {}))
         trainer = make_trainer(self, loss, where)  # checks the callbacks first
         self.inf_net_, self.gen_model_, self.loss_ = inf_net, gen_model, loss
         self.obs_shape_ = tuple(X.shape[1:])

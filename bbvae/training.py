@@ -648,7 +648,12 @@ class Trainer:
             distributed.init_from_env()
         self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         self._is_main = self._rank == 0
-        self._prepare_loss(train)
+        if self.seed is not None:  # data-shaped parameters (NVIL's baseline) are seeded too
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                self._prepare_loss(train)
+        else:
+            self._prepare_loss(train)
         params = self._parameters()
         self._params = params
         self._device = params[0].device

@@ -49,17 +49,22 @@ class LossHistory:
         self._values: list[float] = []
         self._pending: list[torch.Tensor] = []
 
+    #: Pending values are stacked into one tensor (on their device, no sync) past this count.
+    chunk = 1024
+
     def append(self, value: torch.Tensor) -> None:
-        self._pending.append(value.detach())
+        self._pending.append(value.detach().reshape(1))
+        if len(self._pending) >= self.chunk:
+            self._pending = [torch.cat(self._pending)]
 
     def to_list(self) -> list[float]:
         if self._pending:
-            self._values.extend(torch.stack(self._pending).cpu().double().tolist())
+            self._values.extend(torch.cat(self._pending).cpu().double().tolist())
             self._pending.clear()
         return list(self._values)
 
     def __len__(self) -> int:
-        return len(self._values) + len(self._pending)
+        return len(self._values) + sum(len(v) for v in self._pending)
 
     def clear(self) -> None:
         self._values.clear()
@@ -119,8 +124,11 @@ class Loss(nn.Module):
         self.bound_ = bound.detach()
         value = -bound.detach().mean()
         self._history.append(value)
-        # The value is the negative bound; the gradient is the estimator's surrogate.
-        return value - (objective - objective.detach()).mean()
+        # The value is the negative bound; the gradient is the estimator's surrogate. An infinite
+        # surrogate (a data point of zero weight) carries no gradient, and must not turn into NaN.
+        surrogate = objective - objective.detach()
+        surrogate = torch.where(torch.isfinite(objective.detach()), surrogate, 0.0)
+        return value + (-surrogate).mean()
 
     def estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(bound, objective)``, both ``[batch]``.

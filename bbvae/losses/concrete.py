@@ -184,7 +184,8 @@ class Concrete(Loss):
 
     Attributes:
         temperature_ (float): the temperature of the last call.
-        n_calls_ (int): how many times the loss has been called (the schedule's step).
+        n_calls_ (int): training-mode calls so far, the schedule's step (kept in the buffer
+            ``schedule_step``, so it is checkpointed; calls in ``eval()`` mode do not advance it).
         z_ (Tensor): ``[batch, n_samples, *latent_shape]`` latents fed to ``gen_model`` by the
             last call for training (relaxed; hard with ``straight_through``), detached.
         z_hard_ (Tensor): ``[batch, n_samples, *latent_shape]`` the hard samples of the last call.
@@ -211,7 +212,13 @@ class Concrete(Loss):
             )
         self.temperature = temperature
         self.straight_through = straight_through
-        self.n_calls_ = 0
+        # The schedule's step: a buffer, so checkpoints carry it and resume continues the schedule.
+        self.register_buffer("schedule_step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def n_calls_(self) -> int:
+        """Training calls so far (the schedule's step); evaluation calls do not advance it."""
+        return int(self.schedule_step)
 
     def _next_temperature(self) -> float:
         step = self.n_calls_
@@ -221,7 +228,8 @@ class Concrete(Loss):
             )
         else:
             tau = float(self.temperature)
-        self.n_calls_ = step + 1
+        if self.training:
+            self.schedule_step += 1
         self.temperature_ = tau
         return tau
 

@@ -72,6 +72,12 @@ class FIVO(Loss):
             )
         if normalize not in _NORMALIZE:
             raise ValueError(f"FIVO: expected normalize in {_NORMALIZE}, got {normalize!r}")
+        if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float)):
+            raise TypeError(
+                f"FIVO: expected ess_threshold to be a float in [0, 1], got {type(ess_threshold).__name__}"
+            )
+        if not 0.0 <= ess_threshold <= 1.0:
+            raise ValueError(f"FIVO: expected ess_threshold in [0, 1], got {ess_threshold}")
         self.n_particles = n_particles
         self.resampling = resampling
         self.ess_threshold = ess_threshold
@@ -113,7 +119,7 @@ class FIVO(Loss):
         bound = log_z.detach()
         if self.normalize == "length":
             length = (
-                lengths.to(log_z.dtype)
+                lengths.to(device=log_z.device, dtype=log_z.dtype)
                 if lengths is not None
                 else torch.full_like(log_z.detach(), float(n_steps))
             )
@@ -124,6 +130,7 @@ class FIVO(Loss):
         self.log_p_ = result.log_p.detach()
         self.log_q_ = result.log_q.detach()
         self.log_weights_ = result.log_weights.detach()
+        self.max_weight_ = torch.softmax(self.log_weights_, dim=1).amax(dim=1)
         ess, resampled = result.ess, result.resampled  # [batch, T]
         if masks is None:
             self.ess_ = ess.mean(dim=1)

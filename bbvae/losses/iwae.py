@@ -45,7 +45,10 @@ class IWAE(Loss):
         else:
             with q.params_detached():
                 log_q = q.log_prob(z)
-        log_w = self.record(self.gen_model(x, z).log_prob(x, z), log_q)  # [batch, K]
+        # DReG reweights the gradient reaching z, so log p must be computed from this z; a view
+        # makes a sequence model rescore it rather than reuse the log p of its sampling pass.
+        z_p = z.view_as(z) if self.estimator == "dreg" else z
+        log_w = self.record(self.gen_model(x, z_p).log_prob(x, z_p), log_q)  # [batch, K]
         bound = log_mean_exp(log_w.detach())
         if self.estimator != "dreg":
             return bound, log_mean_exp(log_w)
@@ -56,4 +59,5 @@ class IWAE(Loss):
         if z.requires_grad:
             w = weights.reshape(*weights.shape, *([1] * (z.dim() - 2)))
             z.register_hook(lambda grad: grad * w)
-        return bound, (weights * log_w).sum(dim=1)
+        finite = torch.isfinite(log_w.detach())  # zero-weight samples: 0 * -inf would be NaN
+        return bound, (weights * torch.where(finite, log_w, 0.0)).sum(dim=1)

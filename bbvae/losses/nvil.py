@@ -194,6 +194,12 @@ class _DefaultBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.flatten(1)  # [batch, prod(obs_shape)]
+        if h.shape[1] != self.hidden.in_features:
+            raise ValueError(
+                f"NVIL: the default baseline network was built for data of {self.hidden.in_features} "
+                f"values per row, got x of shape {list(x.shape)}; pass baseline=False (or your own "
+                "baseline module) for data whose shape varies, such as ragged sequence batches"
+            )
         if h.dtype != self.hidden.weight.dtype:
             h = h.to(self.hidden.weight.dtype)
         return self.out(torch.tanh(self.hidden(h))).squeeze(1)  # [batch]

@@ -51,6 +51,7 @@ class RWS(Loss):
     """
 
     min_samples = 2
+    importance_weighted = True
 
     def __init__(
         self,
@@ -88,8 +89,10 @@ class RWS(Loss):
         else:
             z = q.sample(self.n_samples).detach()  # [batch, K, *latent]: no gradient path
             log_q = q.log_prob(z)
-        p = self.gen_model(x, z)
-        log_p = p.log_prob(x, z)  # [batch, K]
+        # With DReG the gradient reaching z is reweighted, so log p must be computed from this z:
+        # a view makes a sequence model rescore it rather than reuse its sampling pass's log p.
+        z_p = z.view_as(z) if dreg else z
+        log_p = self.gen_model(x, z_p).log_prob(x, z_p)  # [batch, K]
         log_w = self.record(log_p, log_q)
         lw = log_w.detach()
         bound = log_mean_exp(lw)  # [batch]

@@ -87,6 +87,7 @@ class VIMCO(Loss):
     """
 
     min_samples = 2
+    importance_weighted = True
 
     def __init__(self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 5) -> None:
         if isinstance(n_samples, int) and not isinstance(n_samples, bool) and n_samples < 2:

@@ -15,6 +15,10 @@ from bbvae.sequential.base import SequentialModel, StepOutput, check_sequence_ar
 
 _PROPOSALS = ("network", "prior", "optimal")
 
+#: torch's argument checks read tensor values (a device sync) on every construction inside the
+#: time loop; the models' inputs are checked once per call instead.
+_FAST = {"validate_args": False}
+
 
 class DiscreteHMM(SequentialModel):
     """HMM ``z_1 ~ Cat(pi)``, ``z_t | z_{t-1} ~ Cat(P[z_{t-1}])``, ``x_t | z_t ~ p(x | z_t)``.
@@ -107,9 +111,9 @@ class DiscreteHMM(SequentialModel):
     def emission_distribution(self) -> Distribution:
         """p(x | z = s) for every state ``s``: a Distribution of batch shape ``[S]``."""
         if self.emission == "categorical":
-            return Categorical(logits=self.emission_logits)
+            return Categorical(logits=self.emission_logits, **_FAST)
         if self.emission == "normal":
-            return Independent(Normal(self.emission_loc, self.emission_log_scale.exp()), 1)
+            return Independent(Normal(self.emission_loc, self.emission_log_scale.exp(), **_FAST), 1, **_FAST)
         eye = torch.eye(self.n_states, dtype=self.init_logits.dtype, device=self.init_logits.device)
         dist = self.emission(eye)
         if not isinstance(dist, Distribution) or tuple(dist.batch_shape) != (self.n_states,):
@@ -205,7 +209,7 @@ class DiscreteHMM(SequentialModel):
             )
         if z is None:
             with torch.no_grad():
-                z = Categorical(logits=q_logits).sample()  # [batch, K]
+                z = Categorical(logits=q_logits, **_FAST).sample()  # [batch, K]
         index = z.unsqueeze(-1)
         log_q = torch.gather(q_logits, -1, index).squeeze(-1)
         log_p = torch.gather(joint.expand_as(q_logits), -1, index).squeeze(-1)
@@ -226,7 +230,7 @@ class DiscreteHMM(SequentialModel):
         logits = torch.where(
             started.unsqueeze(-1), self._prior_log_probs(z_prev, False), self._prior_log_probs(z_prev, True)
         )
-        z = Categorical(logits=logits).sample()  # [batch, n]
+        z = Categorical(logits=logits, **_FAST).sample()  # [batch, n]
         per_state = self.emission_distribution().sample(z.shape)  # [batch, n, S, *obs]
         index = z.reshape(*z.shape, 1, *([1] * (per_state.dim() - 3)))
         x = torch.gather(per_state, 2, index.expand(*z.shape, 1, *per_state.shape[3:])).squeeze(2)

@@ -24,6 +24,10 @@ from bbvae.sequential.base import SequentialModel, StepOutput, check_sequence_ar
 _PROPOSALS = ("prior", "network", "optimal")
 _SOFTPLUS_ONE = math.log(math.e - 1.0)
 
+#: torch's argument checks read tensor values (a device sync) on every construction inside the
+#: time loop; the models' inputs are checked once per call instead.
+_FAST = {"validate_args": False}
+
 
 class GaussianHMM(SequentialModel):
     """Linear-Gaussian state space model with a choice of proposal.
@@ -134,12 +138,14 @@ class GaussianHMM(SequentialModel):
     def _prior(self, z_prev: torch.Tensor, first: bool) -> Independent:
         s0, sq, _ = self._noise()
         if first:
-            return Independent(Normal(self.init_loc.expand_as(z_prev), s0.expand_as(z_prev)), 1)
-        return Independent(Normal(z_prev @ self.transition.T, sq.expand_as(z_prev)), 1)
+            return Independent(
+                Normal(self.init_loc.expand_as(z_prev), s0.expand_as(z_prev), **_FAST), 1, **_FAST
+            )
+        return Independent(Normal(z_prev @ self.transition.T, sq.expand_as(z_prev), **_FAST), 1, **_FAST)
 
     def _emission(self, z: torch.Tensor) -> Independent:
         loc = z @ self.emission.T  # [batch, K, x_dim]
-        return Independent(Normal(loc, self.emission_log_scale.exp().expand_as(loc)), 1)
+        return Independent(Normal(loc, self.emission_log_scale.exp().expand_as(loc), **_FAST), 1, **_FAST)
 
     def step(
         self, state: torch.Tensor, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True
@@ -155,12 +161,12 @@ class GaussianHMM(SequentialModel):
             loc, raw_scale = self.proposal_rest(hidden).chunk(2, dim=-1)
             # softplus(raw + log(e - 1)) is 1 at raw = 0 and grows linearly, so a particle far out
             # cannot blow the next step's scale up exponentially.
-            proposal = Independent(Normal(loc, F.softplus(raw_scale + _SOFTPLUS_ONE)), 1)
+            proposal = Independent(Normal(loc, F.softplus(raw_scale + _SOFTPLUS_ONE), **_FAST), 1, **_FAST)
         else:
             terms = encoded_t["optimal"]
             name = "first" if first else "next"
             loc = prior.base_dist.loc @ terms[f"{name}_gain_prior"].T + x_t @ terms[f"{name}_gain_x"].T
-            proposal = MultivariateNormal(loc, scale_tril=terms[f"{name}_scale_tril"])
+            proposal = MultivariateNormal(loc, scale_tril=terms[f"{name}_scale_tril"], **_FAST)
         if z is None:
             z = proposal.rsample() if reparametrize else proposal.sample()
         log_q = proposal.log_prob(z)
@@ -185,7 +191,7 @@ class GaussianHMM(SequentialModel):
         later = self._prior(z_prev, first=False)
         loc = torch.where(started, later.base_dist.loc, first.base_dist.loc)
         scale = torch.where(started, later.base_dist.scale, first.base_dist.scale)
-        z = Normal(loc, scale).sample()
+        z = Normal(loc, scale, **_FAST).sample()
         x = self._emission(z).sample()
         return {"z": z, "started": torch.ones_like(started)}, x, z
 
@@ -212,7 +218,9 @@ class GaussianHMM(SequentialModel):
             innovation_cov = c @ cov @ c.T + r
             chol = torch.linalg.cholesky(innovation_cov)
             residual = x_t - mean @ c.T  # [batch, x]
-            log_lik = MultivariateNormal(torch.zeros_like(residual), scale_tril=chol).log_prob(residual)
+            log_lik = MultivariateNormal(torch.zeros_like(residual), scale_tril=chol, **_FAST).log_prob(
+                residual
+            )
             gain = torch.cholesky_solve(c @ cov, chol).T  # P C^T S^-1   [z, x]
             mean = mean + residual @ gain.T
             joseph = eye - gain @ c
