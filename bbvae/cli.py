@@ -125,51 +125,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ============================================================================ argument types
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(cast: type, accept, expected: str):
+    """An argparse type: ``cast`` the text and keep it if ``accept(value)``, else name ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+_unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_int = _number(int, lambda v: True, "an integer")
 
 
 # ============================================================================ the parser
@@ -197,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=_int, help="random seed (train default: drawn; eval/sample: 0)")
     common.add_argument(
         "--threads",
-        type=_int,
+        type=_positive_int,
         help="intra-op CPU threads (default: torch's; 1 is fastest for small models on a busy machine)",
     )
     common.add_argument(
@@ -683,8 +658,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     command = {"train": _train, "eval": _eval, "sample": _sample}[args.command]
     if args.threads is not None:
-        if args.threads < 1:
-            return _fail(f"argument --threads: expected an integer >= 1, got {args.threads}", 2)
         import torch
 
         torch.set_num_threads(args.threads)

@@ -225,7 +225,7 @@ def test_synthetic_data_from_a_file(tmp_path, capsys):
         (["train", "--logdir", "{tmp}/a", "--device", "banana"], "invalid device 'banana'"),
         (["train", "--logdir", "{tmp}/a", "--resume"], "has no last.pt to continue from"),
         (["eval", "--logdir", "{tmp}/nothing"], "no such directory"),
-        (["eval", "--logdir", "{tmp}", "--threads", "0"], "--threads: expected an integer >= 1"),
+        (["eval", "--logdir", "{tmp}", "--threads", "0"], "--threads: expected a positive integer"),
         (["sample", "--logdir", "{tmp}"], "holds no trained model"),
         (["train", "--logdir", "{tmp}/a", "--dataset-path", "{tmp}/not_a_pickle.txt"], "not a readable"),
     ],
