@@ -87,6 +87,19 @@ def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], tree: State) -> State:
     return tree  # None, ints, strings: not particle data
 
 
+def tree_where(keep_new: torch.Tensor, new: State, old: State) -> State:
+    """Leafwise ``where(keep_new[b], new, old)`` for pytrees with leaves ``[batch, K, ...]``."""
+    if isinstance(new, torch.Tensor):
+        return torch.where(keep_new.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+    if isinstance(new, tuple) and hasattr(new, "_fields"):
+        return type(new)(*(tree_where(keep_new, a, b) for a, b in zip(new, old)))
+    if isinstance(new, (tuple, list)):
+        return type(new)(tree_where(keep_new, a, b) for a, b in zip(new, old))
+    if isinstance(new, dict):
+        return {key: tree_where(keep_new, value, old[key]) for key, value in new.items()}
+    return new
+
+
 def gather_particles(leaf: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
     """``leaf[b, ancestors[b, k], ...]`` for a leaf ``[batch, K, ...]`` and ancestors ``[batch, K]``."""
     index = ancestors.reshape(*ancestors.shape, *([1] * (leaf.dim() - 2)))

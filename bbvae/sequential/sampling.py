@@ -20,17 +20,13 @@ from __future__ import annotations
 import torch
 
 from bbvae._validation import check_positive_int, check_tensor, shape_str
-from bbvae.losses.base import effective_sample_size
 from bbvae.sequential.base import (
     State,
     _check_model,
-    _check_step_output,
-    check_sequence_args,
-    encode_checked,
     generate,
     tree_map,
 )
-from bbvae.sequential.smc import get_resampling
+from bbvae.sequential.smc import smc
 
 
 def sample_sequences(
@@ -49,19 +45,6 @@ def sample_sequences(
         ``(x [n, T, *obs_shape], z [n, T, *latent_shape])``.
     """
     return generate(model, n, length=length, inputs=inputs)
-
-
-def _tree_where(keep_new: torch.Tensor, new: State, old: State) -> State:
-    """Leafwise ``where(keep_new[b], new, old)`` for pytrees with leaves ``[batch, K, ...]``."""
-    if isinstance(new, torch.Tensor):
-        return torch.where(keep_new.reshape(-1, *([1] * (new.dim() - 1))), new, old)
-    if isinstance(new, tuple) and hasattr(new, "_fields"):
-        return type(new)(*(_tree_where(keep_new, a, b) for a, b in zip(new, old)))
-    if isinstance(new, (tuple, list)):
-        return type(new)(_tree_where(keep_new, a, b) for a, b in zip(new, old))
-    if isinstance(new, dict):
-        return {key: _tree_where(keep_new, value, old[key]) for key, value in new.items()}
-    return new
 
 
 def _structure(tree: State):
@@ -123,39 +106,18 @@ def filter_prefix(
         ``(state, log_weights)``: the final particle states (leaves ``[batch, K, ...]``) and their
         log-weights ``[batch, K]`` since the last resampling.
     """
-    where = "filter_prefix"
-    _check_model(model, where)
-    check_positive_int("n_particles", n_particles, where)
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"{where}: expected ess_threshold in [0, 1], got {ess_threshold}")
-    resample_fn = get_resampling(resampling, where)
-    batch, n_steps, masks = check_sequence_args(x, lengths, inputs, where)
-    k = n_particles
-    encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
-    state = model.init_state(encoded, k)
-    log_w = None
-    identity = None
-    for t, encoded_t in enumerate(encoded):
-        out = model.step(state, encoded_t, reparametrize=False)
-        if t == 0:
-            out = _check_step_output(model, out, batch, k, where)
-            identity = torch.arange(k, device=out.log_p.device).expand(batch, k)
-        step_w = out.log_p - out.log_q  # [batch, K]
-        if masks is not None:
-            step_w = torch.where(masks[t].unsqueeze(1), step_w, 0.0)
-            state = _tree_where(masks[t], out.state, state)  # frozen past each length
-        else:
-            state = out.state
-        log_w = step_w if log_w is None else log_w + step_w
-        if t == n_steps - 1 or k == 1 or ess_threshold == 0.0:
-            continue
-        do = effective_sample_size(log_w) < ess_threshold * k  # [batch]
-        if masks is not None:
-            do = do & masks[t + 1]
-        ancestors = torch.where(do.unsqueeze(1), resample_fn(log_w), identity)
-        state = model.reorder(state, ancestors)
-        log_w = torch.where(do.unsqueeze(1), torch.zeros_like(log_w), log_w)
-    return state, log_w
+    result = smc(
+        model,
+        x,
+        n_particles,
+        resampling=resampling,
+        ess_threshold=ess_threshold,
+        lengths=lengths,
+        inputs=inputs,
+        reparametrize=False,
+        return_state=True,
+    )
+    return result.state, result.log_weights
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,6 +29,7 @@ from bbvae.sequential.base import (
     check_sequence_args,
     encode_checked,
     gather_particles,
+    tree_where,
 )
 
 Resampler = Callable[..., torch.Tensor]
@@ -118,6 +119,8 @@ class SMCResult(NamedTuple):
         log_q: ``[batch, K]`` log q(z | x) summed along each final particle's ancestral line.
         z: ``[batch, K, T, *latent_shape]`` each final particle's ancestral line of latents, or
             ``None`` unless ``return_latents=True``.
+        state: the final particles' model state (leaves ``[batch, K, ...]``), each sequence's
+            taken after its own last valid step, or ``None`` unless ``return_state=True``.
     """
 
     log_z: torch.Tensor
@@ -130,6 +133,7 @@ class SMCResult(NamedTuple):
     log_p: torch.Tensor
     log_q: torch.Tensor
     z: torch.Tensor | None
+    state: Any = None
 
 
 def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -173,6 +177,7 @@ def smc(
     gradient: str = "none",
     generator: torch.Generator | None = None,
     return_latents: bool = False,
+    return_state: bool = False,
 ) -> SMCResult:
     """Run a particle filter and return log Z-hat and its diagnostics.
 
@@ -196,6 +201,8 @@ def smc(
             has the same value and an unbiased gradient of E[Z-hat].
         generator: optional ``torch.Generator`` for the resampling uniforms.
         return_latents: also return the particles' ancestral lines of latents.
+        return_state: also return the final particles' state (to continue the sequences); each
+            sequence's state is then frozen once its length is reached.
 
     Returns:
         :class:`SMCResult`.
@@ -234,8 +241,9 @@ def smc(
             identity = torch.arange(k, device=out.log_p.device).expand(batch, k)
             zero = out.log_p.new_zeros(batch)
             first_dead = torch.full((batch,), -1, dtype=torch.long, device=out.log_p.device)
-        state = out.state
         valid = masks[t] if masks is not None else None
+        # The state past a sequence's end is never scored; it is kept only when asked for.
+        state = out.state if not (return_state and valid is not None) else tree_where(valid, out.state, state)
         lp, lq = out.log_p, out.log_q
         if valid is not None:
             lp = torch.where(valid.unsqueeze(1), lp, 0.0)
@@ -305,6 +313,7 @@ def smc(
         log_p=log_p,
         log_q=log_q,
         z=z,
+        state=state if return_state else None,
     )
 
 
