@@ -111,6 +111,7 @@ class Loss(nn.Module):
         self.n_samples = n_samples
         self._history = LossHistory()
         self._warned_ess = False
+        self._ess_checks = 0
 
     # ------------------------------------------------------------------ public interface
     def forward(self, x: torch.Tensor, **context) -> torch.Tensor:
@@ -194,8 +195,12 @@ class Loss(nn.Module):
         return log_p - log_q
 
     def _warn_if_collapsed(self) -> None:
-        # Reading the ESS synchronises with the device, so only on CPU or while validating.
-        if self._warned_ess or not self.importance_weighted or self.ess_.device.type != "cpu":
+        if self._warned_ess or not self.importance_weighted:
+            return
+        # Reading the ESS synchronises with an accelerator: there, look only at calls 1, 2, 4, 8, ...
+        # (a logarithmic number of syncs); on the CPU reading costs nothing, so look every call.
+        self._ess_checks += 1
+        if self.ess_.device.type != "cpu" and self._ess_checks & (self._ess_checks - 1):
             return
         k = self.log_p_.shape[1]
         if k >= 4 and bool(self.ess_.mean() < 1.05):
