@@ -375,8 +375,11 @@ def _load_data(s: dict[str, Any]):
 
 def _read_synthetic(path: Path) -> dict[str, list[torch.Tensor]]:
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            raw = {name: npz[name] for name in npz.files}
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                raw = {name: npz[name] for name in npz.files}
+        except Exception as exc:
+            raise UsageError(f"--dataset-path {str(path)!r}: not a readable .npz file ({exc})") from None
     elif path.suffix == ".pt":
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -671,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(_one_line(exc), 2)
     except KeyboardInterrupt:
         hint = ""
-        if args.command == "train":
+        if args.command == "train" and (Path(args.logdir) / "last.pt").is_file():
             hint = f"; the last checkpoint is in {args.logdir} (continue with bbvae train ... --resume)"
         return _fail("interrupted" + hint, 130)
 

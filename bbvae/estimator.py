@@ -439,15 +439,19 @@ class VAE(EstimatorMixin):
 
     def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor:
         if isinstance(X, np.ndarray):
-            param = next(iter(like.parameters()), None)
-            dtype = param.dtype if param is not None else torch.get_default_dtype()
-            X = torch.as_tensor(X, dtype=dtype if np.issubdtype(X.dtype, np.floating) else None)
+            X = torch.as_tensor(X)
         if not isinstance(X, torch.Tensor):
             raise TypeError(
                 f"{where}: expected X to be a Tensor or numpy array [N, ...], got {type(X).__name__}"
             )
         if X.dim() == 0 or X.shape[0] == 0:
             raise ValueError(f"{where}: expected X of shape [N >= 1, ...], got {shape_str(list(X.shape))}")
+        if X.is_floating_point():
+            if not bool(torch.isfinite(X).all()):
+                raise ValueError(f"{where}: X holds NaN or infinite values; clean the data first")
+            param = next(iter(like.parameters()), None)
+            if param is not None and param.is_floating_point():
+                X = X.to(param.dtype)  # float data take the model's dtype
         return X
 
     # ------------------------------------------------------------------ fit
@@ -455,8 +459,8 @@ class VAE(EstimatorMixin):
         """Train copies of ``inf_net`` and ``gen_model`` on the rows of ``X``.
 
         Args:
-            X: data ``[N, *obs_shape]`` (Tensor or numpy array; numpy floats take the dtype of
-                ``gen_model``'s parameters).
+            X: data ``[N, *obs_shape]`` (Tensor or numpy array; floats take the dtype of
+                ``gen_model``'s parameters and must be finite).
             y: ignored (scikit-learn API).
             X_valid: optional validation rows, evaluated every ``eval_every`` steps (or every
                 epoch) for ``valid_history_`` and early stopping.

@@ -645,7 +645,9 @@ class Trainer:
         if valid_data is not None:
             valid = valid_data if self.evaluate_fn is not None else as_batch_source(valid_data, "valid_data")
         if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
-            distributed.init_from_env()
+            first = next(iter(self.loss.parameters()), None)
+            on_cuda = first is not None and first.device.type == "cuda"
+            distributed.init_from_env(backend="nccl" if on_cuda else "gloo")
         self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         self._is_main = self._rank == 0
         if self.seed is not None:  # data-shaped parameters (NVIL's baseline) are seeded too
@@ -668,6 +670,12 @@ class Trainer:
         else:
             self._reset()
         self._t0 = time.perf_counter() - self._elapsed
+        bad = [name for name, p in self.loss.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # one sync before training: a rollback target must itself be finite
+            raise ValueError(
+                f"Trainer.fit: the model's parameters are non-finite before training ({', '.join(bad[:5])}); "
+                "check the data used to initialise them (e.g. a NaN in the training data's mean)"
+            )
         self._good_state = self._make_state()
         self.loss.train()
         self._writer = self._bar = None
@@ -1015,7 +1023,8 @@ class Trainer:
             # A NaN check inside the loss (bbvae's validation) fires once parameters are NaN;
             # report the first non-finite loss still pending, if any, else the parameters.
             if not bool(torch.stack([torch.isfinite(p).all() for p in self._params]).all()):
-                self._flush()
+                if self._world == 1:  # _flush reduces across ranks: the others are not here
+                    self._flush()
                 raise self._non_finite(step, float("nan"), "the parameters are non-finite") from exc
             raise
         if self.clip_grad_norm is not None:

@@ -142,6 +142,8 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
             t = t.long()
         if max_length is not None:
             t = t[:max_length]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: sequence {i} holds NaN or infinite values; clean the data first")
         if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
             raise ValueError(
                 f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
