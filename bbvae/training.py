@@ -821,8 +821,11 @@ class Trainer:
             set_seed(self.seed_ + self._rank + self.n_iter_)
         if self.restore_best and self._logdir is not None and (self._logdir / BEST_CHECKPOINT).is_file():
             best = load_checkpoint(self._logdir / BEST_CHECKPOINT, map_location="cpu")
-            self._best_model_state = best["model_state"]
-            self.best_checkpoint_path_ = self._logdir / BEST_CHECKPOINT
+            # best.pt may come from after last.pt (an interrupted run): use it only if it is the
+            # best state this resumed run knows of.
+            if best.get("step") == self.best_step_:
+                self._best_model_state = best["model_state"]
+                self.best_checkpoint_path_ = self._logdir / BEST_CHECKPOINT
 
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         saved, current = state["config"], self.config()
