@@ -31,17 +31,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: a second intra-op thread only adds spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(capsys, *argv: str) -> str:
     status = main(list(argv))
     out, err = capsys.readouterr()

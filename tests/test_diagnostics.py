@@ -12,15 +12,6 @@ from bbvae.losses.nvil import NVIL
 from bbvae.models import GaussianInfNet, LinearGaussianGenModel
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids the thread pool's waiting on a busy machine."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
-
-
 def _models():
     torch.manual_seed(0)
     p = LinearGaussianGenModel(2, 3).double()

@@ -20,17 +20,6 @@ from bbvae.models import (
 X_DIM, Z_DIM = 3, 2
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: a second intra-op thread only adds spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def make_vae(**kwargs) -> VAE:
     torch.manual_seed(0)
     gen = LinearGaussianGenModel(Z_DIM, X_DIM).double()

@@ -223,8 +223,7 @@ def test_sort_by_length_buckets(jsb):
     assert flat == sorted(flat, reverse=True)
     gen = torch.Generator().manual_seed(3)
     shuffled = [
-        b.lengths.tolist()
-        for b in jsb.batches("test", 10, sort_by_length=True, shuffle=True, generator=gen)
+        b.lengths.tolist() for b in jsb.batches("test", 10, sort_by_length=True, shuffle=True, generator=gen)
     ]
     assert sorted(shuffled) == sorted(lengths) and shuffled != lengths
 

@@ -128,9 +128,7 @@ def test_inputs_are_one_hot_of_previous_character():
     expected1 = torch.stack([torch.zeros(3), eye[2], *[torch.zeros(3)] * 3])
     torch.testing.assert_close(inputs[0], expected0)
     torch.testing.assert_close(inputs[1], expected1)
-    assert [p.tolist() for p in text_sequences("abcabca", vocab, 5, drop_last=True)] == [
-        [0, 1, 2, 0, 1]
-    ]
+    assert [p.tolist() for p in text_sequences("abcabca", vocab, 5, drop_last=True)] == [[0, 1, 2, 0, 1]]
 
 
 def test_text_batches_shuffle_and_collate():

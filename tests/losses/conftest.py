@@ -6,8 +6,6 @@
   q, 4 data points. ``exact_sbn_elbo`` and ``exact_sbn_iwae`` enumerate the latents.
 * ``truncated``: a copy of a linear-Gaussian model whose log p(x, z) is replaced (by
   ``-inf``: outside the support; or by NaN) where ``z[..., 0] > threshold``.
-* ``single_thread``: runs a test with one intra-op thread (these tensors are tiny; on a
-  busy machine the thread pool's waiting costs more than the work).
 * ``averaged_gradient``: the mean gradient of a loss and its standard error from
   independent repeated evaluations (data rows replicated within a call).
 """
@@ -37,14 +35,6 @@ def _randomize(module: torch.nn.Module, std: float) -> None:
     with torch.no_grad():
         for param in module.parameters():
             param.add_(std * torch.randn_like(param))
-
-
-@pytest.fixture
-def single_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
 
 
 @pytest.fixture

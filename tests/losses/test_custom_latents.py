@@ -16,8 +16,6 @@ from bbvae.losses.nvil import NVIL
 from bbvae.losses.rws import RWS
 from bbvae.losses.vimco import VIMCO
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 X_DIM, Z_DIM = 4, 2
 
 

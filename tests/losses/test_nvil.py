@@ -10,8 +10,6 @@ from bbvae.diagnostics import gradient_stats
 from bbvae.losses.elbo import ELBO
 from bbvae.losses.nvil import NVIL
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _nvil_ready(q, p, x, **kwargs):
     """An NVIL whose baseline network exists and outputs non-zero values, with running stats."""

@@ -11,8 +11,6 @@ from bbvae.losses.iwae import IWAE
 from bbvae.losses.rws import PHASES, RWS
 from bbvae.models import GaussianInfNet
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 K = 4
 
 

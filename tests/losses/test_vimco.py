@@ -11,8 +11,6 @@ from bbvae.losses.elbo import ELBO
 from bbvae.losses.iwae import IWAE
 from bbvae.losses.vimco import VIMCO, leave_one_out_bounds
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def naive_leave_one_out(log_w):
     """The definition, with an explicit [batch, K, K] tensor: row k has log_w_k replaced."""

@@ -9,8 +9,6 @@ from torch.distributions import kl_divergence
 from bbvae.losses.wake_sleep import WakeSleep
 from bbvae.models import GaussianInfNet
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def _grads(module):
     return [None if p.grad is None else p.grad.clone() for p in module.parameters()]

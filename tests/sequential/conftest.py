@@ -8,9 +8,6 @@ modules do not import conftest):
 * ``make_dhmm(n_states, n_obs, proposal, dtype, seed)``: a DiscreteHMM with categorical symbols.
 * ``enumerate_dhmm_log_prob(model, x)``: log p(x) summed over every state path.
 * ``InputShiftModel``: a toy model that reads side inputs (exact likelihood known).
-
-The fixture ``single_thread`` runs a test with one intra-op thread (used by the test modules of
-the sequential core through ``pytestmark``).
 """
 
 from __future__ import annotations
@@ -133,21 +130,6 @@ class InputShiftModel(SequentialModel):
         if lengths is not None:
             lp = torch.where(torch.arange(x.shape[1]) < lengths.unsqueeze(1), lp, 0.0)
         return lp.sum(1)
-
-
-@pytest.fixture
-def single_thread():
-    """Run a test on one intra-op thread (restored afterwards).
-
-    These tests run many small tensor ops, for which a second thread brings nothing but spin-waits
-    (measured: 14 s of CPU for the sequential-core tests on one thread, 105 s on two).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

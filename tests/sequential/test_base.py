@@ -14,8 +14,6 @@ from bbvae.losses import ELBO, IWAE
 from bbvae.sequential import SequentialModel, StepOutput, generate, run_particles, tree_map
 from bbvae.sequential.base import gather_particles
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def count_encodes(model):
     calls = [0]

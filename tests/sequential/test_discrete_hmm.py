@@ -12,8 +12,6 @@ from torch.distributions import Independent, Laplace
 from bbvae.losses import ELBO, IWAE
 from bbvae.sequential import DiscreteHMM, run_particles, smc
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.mark.parametrize("proposal", ["network", "prior", "optimal"])
 def test_forward_algorithm_matches_enumeration(seq, proposal):

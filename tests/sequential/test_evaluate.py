@@ -7,8 +7,6 @@ import torch
 
 from bbvae.sequential import evaluate
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def test_report_structure_and_normalisation(seq):
     model = seq.make_ghmm(2, 3, proposal="optimal")

@@ -11,8 +11,6 @@ from bbvae.losses import ELBO, IWAE
 from bbvae.losses.fivo import FIVO
 from bbvae.sequential import smc
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def values_and_grads(model, loss, x, seed, **context):
     model.zero_grad()

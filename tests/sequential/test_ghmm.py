@@ -9,8 +9,6 @@ import torch
 
 from bbvae.sequential import GaussianHMM, run_particles, smc
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 @pytest.mark.parametrize("z_dim, x_dim, n_steps", [(1, 1, 4), (2, 3, 5), (3, 2, 3)])
 def test_kalman_matches_dense_gaussian(seq, z_dim, x_dim, n_steps):

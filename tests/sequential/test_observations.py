@@ -25,15 +25,6 @@ from bbvae.sequential.vrnn import VRNN
 DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny tensors run fastest on one thread (no OpenMP barriers); restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bernoulli_log_prob_matches_torch(dtype):
     torch.manual_seed(0)

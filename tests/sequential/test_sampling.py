@@ -15,15 +15,6 @@ from bbvae.sequential.vrnn import VRNN
 D, V, L, H = 4, 5, 3, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny tensors run fastest on one thread (no OpenMP barriers); restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def make(kind, observation="bernoulli", cell="lstm", input_size=0):
     obs_dim = V if observation == "categorical" else D
     common = dict(cell=cell, observation=observation, input_size=input_size, embedding_size=3)

@@ -13,8 +13,6 @@ from bbvae.data import SequenceBatch, gaussian_hmm_data
 from bbvae.sequential.estimator import BOUNDS, SequenceModel, to_sequences
 from bbvae.training import SequenceData
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 TINY = dict(latent_size=3, hidden_size=4, batch_size=2, max_steps=2, log_every=1, random_state=0)
 
 

@@ -15,8 +15,6 @@ from bbvae.sequential import (
     systematic_resampling,
 )
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 SCHEMES = {
     "multinomial": multinomial_resampling,
     "systematic": systematic_resampling,

@@ -13,15 +13,6 @@ CELLS = ["lstm", "gru"]
 D, V, L, H = 4, 5, 3, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny tensors run fastest on one thread (no OpenMP barriers); restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def make_model(observation="bernoulli", cell="lstm", input_size=0, dtype=torch.float64, **kw):
     obs_dim = V if observation == "categorical" else D
     model = SRNN(
