@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SequenceBatch", "batch_indices"]
+__all__ = ["SequenceBatch", "batch_indices", "collate_sequences"]
 
 
 class SequenceBatch(NamedTuple):
@@ -96,3 +96,24 @@ def batch_indices(
         perm = torch.randperm(len(batches), generator=generator, device=_device_of(generator))
         batches = [batches[i] for i in perm.tolist()]
     return batches
+
+
+def collate_sequences(
+    sequences: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor] | None = None
+) -> SequenceBatch:
+    """Pad ``B`` sequences ``[T_i, *obs_shape]`` into one :class:`SequenceBatch`.
+
+    Args:
+        sequences: ``B`` tensors ``[T_i, *obs_shape]``, ``T_i >= 1``, of one dtype and step shape.
+        inputs: optional ``B`` side-input tensors ``[T_i, d_in]`` matching the sequences.
+
+    Returns:
+        ``SequenceBatch(x [B, max T_i, *obs_shape], lengths [B] long, inputs [B, max T_i, d_in]
+        or None)``, zeros past each length, on the sequences' device and in their dtype.
+    """
+    x = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True)  # [B, T_max, *obs]
+    lengths = torch.tensor([s.shape[0] for s in sequences], dtype=torch.long, device=x.device)
+    padded_inputs = None
+    if inputs is not None:
+        padded_inputs = torch.nn.utils.rnn.pad_sequence(list(inputs), batch_first=True)
+    return SequenceBatch(x, lengths, padded_inputs)

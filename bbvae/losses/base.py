@@ -1,41 +1,21 @@
-"""``Loss``: the base of every bbvae objective, and the log-weight arithmetic they share."""
+"""``Loss``: the base of every bbvae objective.
+
+The log-weight arithmetic the losses share (``log_mean_exp``, ``normalized_weights``,
+``effective_sample_size``) lives in :mod:`bbvae._math` and is re-exported here.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from torch import nn
 
+from bbvae._math import effective_sample_size, log_mean_exp, normalized_weights
 from bbvae._validation import check_no_nan, check_positive_int, check_tensor, shape_str
 from bbvae.base import GenModel, InfNet
 
-
-def log_mean_exp(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """``log(mean(exp(log_w)))`` along ``dim``, computed stably in log space.
-
-    Entries of ``-inf`` count as zero weight; a row of only ``-inf`` gives ``-inf``.
-    """
-    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
-
-
-def normalized_weights(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Self-normalised importance weights ``softmax(log_w)`` along ``dim``."""
-    return torch.softmax(log_w, dim=dim)
-
-
-def effective_sample_size(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Kish's effective sample size ``1 / sum(w_k^2)`` of normalised weights, in log space.
-
-    Args:
-        log_w: unnormalised log-weights, e.g. ``[batch, n_samples]``.
-
-    Returns:
-        ESS with ``dim`` reduced, between 1 and ``log_w.shape[dim]``.
-    """
-    log_norm = torch.log_softmax(log_w, dim=dim)
-    return torch.exp(-torch.logsumexp(2.0 * log_norm, dim=dim))
+__all__ = ["Loss", "LossHistory", "effective_sample_size", "log_mean_exp", "normalized_weights"]
 
 
 class LossHistory:

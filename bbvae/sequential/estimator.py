@@ -24,238 +24,40 @@ recurrence.
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from bbvae._validation import shape_str
-from bbvae.data.batching import SequenceBatch
-from bbvae.estimator import (
+from bbvae.data.batching import collate_sequences
+from bbvae.estimator_base import (
     EstimatorMixin,
-    check_choice,
-    check_float,
     check_int,
     check_is_fitted,
-    check_random_state,
     make_trainer,
-    resolve_device,
     trainer_results,
 )
-from bbvae.losses.base import Loss
-from bbvae.losses.per_step import PerStep
-from bbvae.sequential.base import SequentialModel, generate, run_particles
-from bbvae.training import Callback, SequenceData, set_seed
+from bbvae.sequential.base import SequentialModel, generate
+from bbvae.sequential.bounds import EVAL_BOUNDS, sequence_bounds
+from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS, SequenceModelBuilder
+from bbvae.sequential.estimator_data import data_info, is_dataset, is_text, to_sequences
+from bbvae.training import Callback, set_seed
 
-__all__ = ["SequenceModel", "MODELS", "BOUNDS", "sequence_bounds"]
+__all__ = [
+    "BOUNDS",
+    "EVAL_BOUNDS",
+    "MODELS",
+    "OBSERVATIONS",
+    "SequenceModel",
+    "sequence_bounds",
+    "to_sequences",
+]
 
-#: Model names of :class:`SequenceModel`.
-MODELS = ("vrnn", "srnn", "rnn", "independent", "ghmm")
-#: Training objectives of :class:`SequenceModel`.
-BOUNDS = ("elbo", "iwae", "fivo", "vimco", "nvil", "rws")
-#: Bounds :meth:`SequenceModel.score` can report.
-EVAL_BOUNDS = ("elbo", "iwae", "fivo", "exact")
-OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical")
-_NORMALIZE = ("length", "sequence")
-_RESAMPLING = ("multinomial", "systematic", "stratified")
 # The bound each training objective estimates (what score reports by default).
 _EVAL_OF = {"elbo": "elbo", "iwae": "iwae", "fivo": "fivo", "vimco": "iwae", "nvil": "elbo", "rws": "iwae"}
-_DEFAULT_LATENT = 64
-_DEFAULT_TEXT_LENGTH = 100
 _EVAL_SEED = 1_000_003
-
-
-# ============================================================================ data
-class _DataInfo:
-    """What the model is built from: the observation kind and size and the training statistics."""
-
-    def __init__(self, kind: str, obs_shape: tuple[int, ...], n_categories: int | None, mean, vocabulary):
-        self.kind = kind  # "float" or "long"
-        self.obs_shape = obs_shape
-        self.n_categories = n_categories
-        self.mean = mean  # [*obs_shape] float64 (float data) or [V] frequencies (symbols), or None
-        self.vocabulary = vocabulary
-
-
-def _is_dataset(X: Any) -> bool:
-    return callable(getattr(X, "split", None)) and callable(getattr(X, "batches", None))
-
-
-def _is_text(X: Any) -> bool:
-    return _is_dataset(X) and hasattr(X, "vocabulary") and callable(getattr(X, "sequences", None))
-
-
-def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list[torch.Tensor]:
-    """The sequences of ``X`` (of ``split`` for data sets) as a list of ``[T_i, *obs_shape]`` tensors.
-
-    Float data take torch's default dtype; integer data stay long; booleans become floats.
-    Sequences longer than ``max_length`` are cut to their first ``max_length`` steps (text data
-    sets are cut into pieces of ``max_length`` characters instead).
-    """
-    if _is_text(X):
-        seqs = list(X.sequences(split, max_length or _DEFAULT_TEXT_LENGTH))
-        max_length = None
-    elif _is_dataset(X):
-        seqs = list(X.split(split))
-    elif isinstance(X, SequenceBatch):
-        lengths = [int(n) for n in X.lengths.tolist()]
-        if len(lengths) != X.x.shape[0]:
-            raise ValueError(
-                f"{where}: the SequenceBatch has {X.x.shape[0]} sequences but {len(lengths)} lengths"
-            )
-        seqs = [row[:n] for row, n in zip(X.x.unbind(0), lengths)]
-    elif isinstance(X, (torch.Tensor, np.ndarray)):
-        if X.ndim < 2:
-            raise ValueError(
-                f"{where}: expected X of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
-            )
-        seqs = list(torch.as_tensor(X).unbind(0))
-    elif isinstance(X, (list, tuple)):
-        seqs = list(X)
-    else:
-        raise TypeError(
-            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a list of [T, ...] "
-            f"sequences, a SequenceBatch or a Tensor [N, T, ...], got {type(X).__name__}"
-        )
-    if not seqs:
-        raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")
-    out = []
-    for i, s in enumerate(seqs):
-        if not isinstance(s, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"{where}: expected sequence {i} to be a Tensor or array, got {type(s).__name__}")
-        t = torch.as_tensor(s)
-        if t.dim() == 0 or t.shape[0] == 0:
-            raise ValueError(
-                f"{where}: expected sequence {i} of shape [T >= 1, ...], got {shape_str(list(t.shape))}"
-            )
-        if t.dtype == torch.bool:
-            t = t.to(torch.get_default_dtype())
-        elif t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        elif t.is_complex():
-            raise TypeError(f"{where}: complex sequences are not supported (sequence {i})")
-        else:
-            t = t.long()
-        if max_length is not None:
-            t = t[:max_length]
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: sequence {i} holds NaN or infinite values; clean the data first")
-        if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
-            raise ValueError(
-                f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
-                f"sequence 0 has {shape_str(list(out[0].shape[1:]))} ({out[0].dtype}); all must agree"
-            )
-        out.append(t)
-    return out
-
-
-def _data_info(X: Any, seqs: list[torch.Tensor], where: str) -> _DataInfo:
-    first = seqs[0]
-    vocabulary = X.vocabulary if _is_text(X) else None
-    if first.is_floating_point():
-        if first.dim() != 2:
-            raise ValueError(
-                f"{where}: expected float sequences of shape [T, D], got steps of shape "
-                f"{shape_str(list(first.shape[1:]))}"
-            )
-        train_mean = getattr(X, "train_mean", None)
-        if train_mean is not None:  # piano rolls: the FIVO mean over all training steps
-            mean = torch.as_tensor(np.asarray(train_mean), dtype=torch.float64)
-        else:
-            mean = torch.cat(seqs).double().mean(dim=0)
-        return _DataInfo("float", tuple(first.shape[1:]), None, mean, None)
-    if first.dim() != 1:
-        raise ValueError(
-            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}"
-        )
-    flat = torch.cat(seqs)
-    if int(flat.min()) < 0:
-        raise ValueError(f"{where}: expected symbols >= 0, got {int(flat.min())}")
-    n_categories = vocabulary.size if vocabulary is not None else int(flat.max()) + 1
-    counts = torch.bincount(flat, minlength=n_categories).double()
-    return _DataInfo("long", (), n_categories, counts / counts.sum(), vocabulary)
-
-
-def _is_binary(seqs: list[torch.Tensor]) -> bool:
-    return all(bool(((s == 0) | (s == 1)).all()) for s in seqs)
-
-
-# ============================================================================ bounds
-@torch.no_grad()
-def sequence_bounds(
-    model: SequentialModel,
-    sequences: list[torch.Tensor],
-    bound: str = "fivo",
-    n_samples: int = 4,
-    batch_size: int = 128,
-    resampling: str = "multinomial",
-    ess_threshold: float = 0.5,
-) -> torch.Tensor:
-    """The bound of every sequence, in nats per sequence (no gradient, model in eval mode).
-
-    Sequences are batched by decreasing length (less padding) and the results put back in order.
-
-    Args:
-        model: a :class:`~bbvae.sequential.SequentialModel`.
-        sequences: ``N`` tensors ``[T_i, *obs_shape]`` (moved to the model's device).
-        bound: ``"elbo"`` (mean of the ``n_samples`` log-weights), ``"iwae"`` (their log-mean-exp),
-            ``"fivo"`` (SMC log Z-hat with ``n_samples`` particles) or ``"exact"``
-            (``model.exact_log_prob``).
-        n_samples: samples / particles per sequence.
-        batch_size: sequences per batch.
-        resampling, ess_threshold: FIVO's resampling settings.
-
-    Returns:
-        ``[N]`` float64 tensor on the CPU.
-    """
-    from bbvae.sequential.smc import smc
-
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.get_default_dtype()
-    lengths = [s.shape[0] for s in sequences]
-    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
-    data = SequenceData(sequences)
-    out = torch.empty(len(sequences), dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = data.batch(idx)
-            x = batch.x.to(device)
-            if x.is_floating_point():
-                x = x.to(dtype)
-            lens = batch.lengths.to(device)
-            if bound in ("elbo", "iwae"):
-                run = run_particles(model, x, n_samples, lengths=lens, reparametrize=False)
-                log_w = run.log_p - run.log_q  # [chunk, K]
-                if bound == "elbo":
-                    values = log_w.mean(dim=1)
-                else:
-                    values = torch.logsumexp(log_w, dim=1) - math.log(n_samples)
-            elif bound == "fivo":
-                values = smc(
-                    model,
-                    x,
-                    n_samples,
-                    resampling=resampling,
-                    ess_threshold=ess_threshold,
-                    lengths=lens,
-                    reparametrize=False,
-                ).log_z
-            elif bound == "exact":
-                values = model.exact_log_prob(x, lengths=lens)
-            else:
-                raise ValueError(f"sequence_bounds: expected bound in {EVAL_BOUNDS}, got {bound!r}")
-            out[torch.as_tensor(idx)] = values.detach().double().cpu()
-    finally:
-        model.train(was_training)
-    return out
 
 
 @contextlib.contextmanager
@@ -271,8 +73,7 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-# ============================================================================ estimator
-class SequenceModel(EstimatorMixin):
+class SequenceModel(SequenceModelBuilder, EstimatorMixin):
     """A latent sequence model fit by a variational bound, with the scikit-learn estimator API.
 
     ``fit`` trains a freshly built model (or a **deep copy** of the ``model`` instance given), so
@@ -404,138 +205,6 @@ class SequenceModel(EstimatorMixin):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ validation
-    def _validate_params(self) -> torch.device | None:
-        where = type(self).__name__
-        if not isinstance(self.model, SequentialModel):
-            if not isinstance(self.model, str):
-                raise TypeError(
-                    f"{where}: expected model to be a name in {MODELS} or a SequentialModel, "
-                    f"got {type(self.model).__name__}"
-                )
-            check_choice("model", self.model, MODELS, where)
-        check_choice("bound", self.bound, BOUNDS, where)
-        check_int("latent_size", self.latent_size, where, optional=True)
-        check_int("hidden_size", self.hidden_size, where, optional=True)
-        check_int("n_samples", self.n_samples, where)
-        if self.bound in ("vimco", "rws") and self.n_samples < 2:
-            raise ValueError(f"{where}: bound={self.bound!r} needs n_samples >= 2, got {self.n_samples}")
-        check_choice("cell", self.cell, ("lstm", "gru"), where)
-        check_choice("observation", self.observation, OBSERVATIONS, where)
-        check_choice("proposal", self.proposal, ("network", "prior", "optimal"), where)
-        check_choice("resampling", self.resampling, _RESAMPLING, where)
-        check_float("ess_threshold", self.ess_threshold, where, strict=False)
-        if self.ess_threshold > 1:
-            raise ValueError(f"{where}: expected ess_threshold in [0, 1], got {self.ess_threshold}")
-        check_choice("normalize", self.normalize, _NORMALIZE, where)
-        check_float("learning_rate", self.learning_rate, where)
-        check_int("batch_size", self.batch_size, where)
-        check_int("max_steps", self.max_steps, where, optional=True)
-        check_int("max_epochs", self.max_epochs, where, optional=True)
-        if self.max_steps is None and self.max_epochs is None:
-            raise ValueError(f"{where}: set max_steps or max_epochs (or both), got neither")
-        if self.clip_grad_norm is not None:
-            check_float("clip_grad_norm", self.clip_grad_norm, where)
-        check_int("max_length", self.max_length, where, optional=True)
-        if self.eval_bound is not None:
-            check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
-        check_int("n_samples_eval", self.n_samples_eval, where, optional=True)
-        check_int("eval_every", self.eval_every, where, optional=True)
-        check_int("patience", self.patience, where, optional=True)
-        check_int("log_every", self.log_every, where)
-        check_int("checkpoint_every", self.checkpoint_every, where)
-        check_random_state(self.random_state, where)
-        if self.model == "ghmm" and self.observation not in ("auto", "normal"):
-            raise ValueError(
-                f"{where}: model='ghmm' has Gaussian observations, got observation={self.observation!r}"
-            )
-        return resolve_device(self.device, where)
-
-    # ------------------------------------------------------------------ building
-    def _observation_for(self, info: _DataInfo, seqs: list[torch.Tensor], where: str) -> str:
-        requested = self.observation
-        if info.kind == "long":
-            if requested not in ("auto", "categorical"):
-                raise ValueError(
-                    f"{where}: the data are integer symbols, which need observation='categorical', "
-                    f"got observation={requested!r}"
-                )
-            if self.model == "ghmm":
-                raise ValueError(f"{where}: model='ghmm' needs real-valued data [T, D], got integer symbols")
-            if info.n_categories < 2:
-                raise ValueError(
-                    f"{where}: categorical data need at least 2 symbols, got {info.n_categories}"
-                )
-            return "categorical"
-        if requested == "categorical":
-            raise ValueError(
-                f"{where}: observation='categorical' needs integer symbol sequences [T], got float data"
-            )
-        if self.model == "ghmm":
-            return "normal"
-        if requested == "auto":
-            return "bernoulli" if _is_binary(seqs) else "normal"
-        if requested == "bernoulli" and not _is_binary(seqs):
-            raise ValueError(f"{where}: observation='bernoulli' needs 0/1 data, got other values")
-        return requested
-
-    def _build_model(self, info: _DataInfo, observation: str, device) -> SequentialModel:
-        from bbvae.sequential.ghmm import GaussianHMM
-        from bbvae.sequential.independent import IndependentVAE
-        from bbvae.sequential.rnn import RNN
-        from bbvae.sequential.srnn import SRNN
-        from bbvae.sequential.vrnn import VRNN
-
-        if isinstance(self.model, SequentialModel):
-            model = copy.deepcopy(self.model)
-            return model.to(device) if device is not None else model
-        dim = info.n_categories if observation == "categorical" else info.obs_shape[0]
-        if self.model == "ghmm":
-            model = GaussianHMM(self.latent_size or dim, dim, proposal=self.proposal)
-            return model.to(device) if device is not None else model
-        latent = self.latent_size or _DEFAULT_LATENT
-        dtype = torch.get_default_dtype()
-        x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean)
-        if self.model == "rnn":
-            model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
-        else:
-            cls = {"vrnn": VRNN, "srnn": SRNN, "independent": IndependentVAE}[self.model]
-            model = cls(dim, latent_size=latent, hidden_size=self.hidden_size, **common)
-        # The FIVO initialisation: the emission starts at the training mean (Bernoulli: logit(mean)).
-        model.init_output_bias(info.mean.to(dtype))
-        return model.to(device) if device is not None else model
-
-    def _build_loss(self, model: SequentialModel) -> Loss:
-        from bbvae.losses.elbo import ELBO
-        from bbvae.losses.fivo import FIVO
-        from bbvae.losses.iwae import IWAE
-        from bbvae.losses.nvil import NVIL
-        from bbvae.losses.rws import RWS
-        from bbvae.losses.vimco import VIMCO
-
-        q, p, k = model.inf_net, model.gen_model, self.n_samples
-        if self.bound == "fivo":
-            return FIVO(
-                q,
-                p,
-                k,
-                resampling=self.resampling,
-                ess_threshold=self.ess_threshold,
-                normalize=self.normalize,
-            )
-        if self.bound == "elbo":
-            loss = ELBO(q, p, k, estimator="auto" if model.has_rsample else "score")
-        elif self.bound == "iwae":
-            loss = IWAE(q, p, k)
-        elif self.bound == "vimco":
-            loss = VIMCO(q, p, k)
-        elif self.bound == "nvil":
-            # The default NVIL baseline is an MLP of the flattened x, which ragged batches change
-            # the size of; sequences use the running centring and scaling only.
-            loss = NVIL(q, p, k, baseline=False)
-        else:
-            loss = RWS(q, p, k)
-        return PerStep(loss) if self.normalize == "length" else loss
 
     def _setup(self, X: Any, where: str):
         """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
@@ -543,7 +212,7 @@ class SequenceModel(EstimatorMixin):
         if self.random_state is not None:
             set_seed(self.random_state)
         train = to_sequences(X, "train", self.max_length, where)
-        info = _data_info(X, train, where)
+        info = data_info(X, train, where)
         observation = (
             self._observation_for(info, train, where)
             if not isinstance(self.model, SequentialModel)
@@ -580,11 +249,11 @@ class SequenceModel(EstimatorMixin):
         valid = None
         if X_valid is not None:
             valid = self._check_sequences(to_sequences(X_valid, "valid", self.max_length, where), where)
-        elif _is_dataset(X) and (self.eval_every is not None or self.patience is not None):
-            if not _is_text(X) or len(X.split("valid")) > 0:
+        elif is_dataset(X) and (self.eval_every is not None or self.patience is not None):
+            if not is_text(X) or len(X.split("valid")) > 0:
                 valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)
         trainer = make_trainer(self, self.loss_, where, evaluate_fn=self._validation_bound)
-        trainer.fit(SequenceData(train), valid, resume=resume)
+        trainer.fit(train, valid, resume=resume)
         trainer_results(self, trainer)
         self.model_.eval()
         return self
@@ -746,7 +415,7 @@ class SequenceModel(EstimatorMixin):
         check_int("n_particles", n_particles, where, optional=True)
         length = self._default_length(length, where)
         seqs = self._check_sequences(to_sequences(prefixes, "test", None, where), where)
-        batch = SequenceData(seqs).batch(list(range(len(seqs))))
+        batch = collate_sequences(seqs)
         param = next(iter(self.model_.parameters()))
         x = batch.x.to(param.device)
         if x.is_floating_point():

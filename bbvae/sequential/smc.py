@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from bbvae._math import effective_sample_size
 from bbvae._validation import check_positive_int, is_validation_enabled
-from bbvae.losses.base import effective_sample_size
 from bbvae.sequential.base import (
     _check_model,
     _check_step_output,
