@@ -149,9 +149,7 @@ class Vocabulary:
         bad = (array < 0) | (array >= self.size)
         if bad.any():
             k = int(np.argmax(bad))
-            raise ValueError(
-                f"indices[{k}]: expected an index in 0..{self.size - 1}, got {int(array[k])}"
-            )
+            raise ValueError(f"indices[{k}]: expected an index in 0..{self.size - 1}, got {int(array[k])}")
         table = np.array(list(self.chars))  # [V] of 1-char strings
         return "".join(table[array].tolist())
 
@@ -163,8 +161,7 @@ def _split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         raise TypeError(f"fractions: expected three numbers, got {fractions!r}") from None
     if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values):
         raise ValueError(
-            f"fractions: expected three non-negative (train, valid, test) fractions, "
-            f"got {fractions!r}"
+            f"fractions: expected three non-negative (train, valid, test) fractions, got {fractions!r}"
         )
     if abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(f"fractions: expected fractions summing to 1, got {fractions!r}")
@@ -234,9 +231,7 @@ class TextData:
         device: torch.device | str | None = None,
     ) -> SequenceBatch:
         """All pieces of split ``name`` as one batch (for evaluation); see :func:`text_batch`."""
-        return text_batch(
-            self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device
-        )
+        return text_batch(self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device)
 
 
 def load_text(
@@ -268,9 +263,7 @@ def load_text(
     file = Path(path)
     if not file.is_file():
         if file.is_dir():
-            raise IsADirectoryError(
-                errno.EISDIR, "Expected a text file, got a directory", str(file)
-            )
+            raise IsADirectoryError(errno.EISDIR, "Expected a text file, got a directory", str(file))
         raise FileNotFoundError(errno.ENOENT, "No such text file", str(file))
     try:
         with open(file, encoding=encoding, newline="") as handle:
@@ -282,11 +275,7 @@ def load_text(
     n = len(text)
     end_train = math.floor(n * f_train)
     end_valid = (
-        end_train
-        if f_valid == 0
-        else n
-        if f_test == 0
-        else min(math.floor(n * (f_train + f_valid)), n)
+        end_train if f_valid == 0 else n if f_test == 0 else min(math.floor(n * (f_train + f_valid)), n)
     )
     return TextData(
         vocabulary=Vocabulary.from_corpus(text),
@@ -366,9 +355,7 @@ def text_batch(
     x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).long()  # [B, T]
     low, high = int(x.min()), int(x.max())
     if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}"
-        )
+        raise ValueError(f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}")
     B, T = x.shape
     lengths = torch.as_tensor([s.numel() for s in seqs], dtype=torch.long, device=x.device)
     inputs = torch.zeros(B, T, vocab_size, dtype=dtype, device=x.device)  # [B, T, V]
@@ -412,7 +399,4 @@ def text_batches(
         generator=generator,
         drop_last=drop_last,
     )
-    return (
-        text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device)
-        for idx in order
-    )
+    return (text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device) for idx in order)

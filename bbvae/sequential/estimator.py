@@ -104,6 +104,18 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         batch_size: sequences per step (4 in the FIVO reference).
         max_steps, max_epochs: when to stop (at least one must be set).
         clip_grad_norm: gradient clipping (None: none).
+        weight_decay: decoupled weight decay (AdamW; with ``optimizer="adam"`` the optimizer
+            becomes AdamW). It regularises towards small weights: the objective is then no longer
+            the bound alone.
+        lr_schedule: ``None``, ``"plateau"`` (halve on a plateau of the validation bound),
+            ``"cosine"``, ``"step"`` or a callable ``optimizer -> scheduler``; see
+            :class:`~bbvae.training.Trainer`.
+        lr_schedule_kwargs: keywords of the scheduler.
+        warmup_steps: linear learning-rate warm-up over the first steps.
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999); validation, model selection and the fitted model use the average.
+        dropout: dropout of the built-in neural models (MLP hidden layers and recurrent inputs;
+            training only, see :class:`~bbvae.sequential.VRNN`).
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
         eval_bound: the bound :meth:`score` reports (``"elbo"``, ``"iwae"``, ``"fivo"``,
@@ -113,6 +125,8 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         eval_every: steps between validations (None: once per epoch, when there is validation
             data; see :meth:`fit`).
         patience: early stopping after this many validations without improvement.
+        restore_best: with validation, the fitted model is the best-validation one
+            (``best_step_``), not the last iterate.
         log_every: steps between logging points (``loss_history_`` updates, callbacks).
         checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
         device: where to train and evaluate (None: torch's default device).
@@ -132,6 +146,9 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         loss_history_ (list[float]): the training loss of every step (negative bound, per step
             with ``normalize="length"``).
         valid_history_ (list[float]): validation bounds, nats per time step.
+        best_valid_ (float | None): the best validation bound (None without validation).
+        best_step_ (int | None): the step it was reached at: the fitted model's step when
+            ``restore_best`` (the default).
         n_iter_ (int): optimizer steps taken.
         n_epochs_ (int): complete passes over the training data.
         seed_ (int): the seed used.
@@ -161,11 +178,18 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         clip_grad_norm: float | None = None,
+        weight_decay: float = 0.0,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        dropout: float = 0.0,
         max_length: int | None = None,
         eval_bound: str | None = None,
         n_samples_eval: int | None = None,
         eval_every: int | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         log_every: int = 50,
         checkpoint_every: int = 1000,
         device: str | torch.device | None = None,
@@ -191,11 +215,18 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.dropout = dropout
         self.max_length = max_length
         self.eval_bound = eval_bound
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
         self.patience = patience
+        self.restore_best = restore_best
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.device = device

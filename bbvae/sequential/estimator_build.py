@@ -64,6 +64,11 @@ class SequenceModelBuilder:
             raise ValueError(f"{where}: set max_steps or max_epochs (or both), got neither")
         if self.clip_grad_norm is not None:
             check_float("clip_grad_norm", self.clip_grad_norm, where)
+        check_float("weight_decay", self.weight_decay, where, strict=False)
+        check_int("warmup_steps", self.warmup_steps, where, minimum=0)
+        check_float("dropout", self.dropout, where, strict=False)
+        if self.dropout >= 1:
+            raise ValueError(f"{where}: expected dropout in [0, 1), got {self.dropout}")
         check_int("max_length", self.max_length, where, optional=True)
         if self.eval_bound is not None:
             check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
@@ -124,7 +129,7 @@ class SequenceModelBuilder:
         latent = self.latent_size or _DEFAULT_LATENT
         dtype = torch.get_default_dtype()
         x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean)
+        common = dict(cell=self.cell, observation=observation, x_mean=x_mean, dropout=self.dropout)
         if self.model == "rnn":
             model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
         else:
