@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-from bbvae._validation import shape_str
 from bbvae.data.batching import collate_sequences
 from bbvae.estimator_base import (
     EstimatorMixin,
@@ -42,8 +40,8 @@ from bbvae.estimator_base import (
 from bbvae.sequential.base import SequentialModel, generate
 from bbvae.sequential.bounds import EVAL_BOUNDS, sequence_bounds
 from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS, SequenceModelBuilder
-from bbvae.sequential.estimator_data import data_info, is_dataset, is_text, to_sequences
-from bbvae.training import Callback, set_seed
+from bbvae.sequential.estimator_data import is_dataset, is_text, to_sequences
+from bbvae.training import Callback
 
 __all__ = [
     "BOUNDS",
@@ -235,30 +233,6 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         self.callbacks = callbacks
         self.random_state = random_state
 
-    # ------------------------------------------------------------------ validation
-
-    def _setup(self, X: Any, where: str):
-        """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
-        device = self._validate_params()
-        if self.random_state is not None:
-            set_seed(self.random_state)
-        train = to_sequences(X, "train", self.max_length, where)
-        info = data_info(X, train, where)
-        observation = (
-            self._observation_for(info, train, where)
-            if not isinstance(self.model, SequentialModel)
-            else "custom"
-        )
-        model = self._build_model(info, observation, device)
-        self.model_ = model
-        self.loss_ = self._build_loss(model)
-        self.observation_ = observation
-        self.obs_shape_ = info.obs_shape
-        self.n_categories_ = info.n_categories
-        self.vocabulary_ = info.vocabulary
-        self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
-        return train
-
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> SequenceModel:
         """Build the model for ``X`` and train it.
@@ -325,27 +299,6 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
-        first = seqs[0]
-        if self.n_categories_ is not None:
-            if first.is_floating_point() or first.dim() != 1:
-                raise ValueError(
-                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
-                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
-                )
-            top = max(int(s.max()) for s in seqs)
-            low = min(int(s.min()) for s in seqs)
-            if low < 0 or top >= self.n_categories_:
-                raise ValueError(
-                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
-                )
-        elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
-            raise ValueError(
-                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
-                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
-            )
-        return seqs
-
     def _eval_settings(self) -> tuple[str, int]:
         bound = self.eval_bound or _EVAL_OF[self.bound]
         if bound == "exact" and not callable(getattr(self.model_, "exact_log_prob", None)):
