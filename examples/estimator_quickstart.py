@@ -8,7 +8,7 @@ centred by the training mean, output bias logit(mean), as in the FIVO reference)
 reports bounds in nats per time step. See examples/README.md for the longer examples.
 """
 
-import sys
+import argparse
 
 import torch
 
@@ -17,7 +17,7 @@ from bbvae.sequential.estimator import SequenceModel
 
 
 def main(argv=None):
-    steps = int(argv[0]) if argv else 150
+    steps = parse_args(argv).steps
     torch.set_num_threads(1)  # small tensors: one thread is fastest, and robust on a busy machine
     data = PianoRollData.load()  # the embedded JSB chorales: 229 / 76 / 77 pieces
     model = SequenceModel("vrnn", bound="fivo", max_steps=steps, random_state=0).fit(data)  # FIVO defaults
@@ -26,5 +26,16 @@ def main(argv=None):
     print(f"sampled piano rolls {list(x.shape)} with {x.sum(-1).mean():.2f} notes per step")
 
 
+def parse_args(argv):  # the command line, not part of the 14 lines: [STEPS], --help
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("steps", nargs="?", type=int, default=150, help="optimizer steps (default 150)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"steps: expected a positive integer, got {args.steps}")
+    return args
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -96,6 +96,17 @@ def resolve_data(parser: argparse.ArgumentParser, path: str | None) -> Path:
     raise AssertionError  # parser.error exits
 
 
+def check_vocabulary(parser: argparse.ArgumentParser, vocab, texts: dict[str, str]) -> None:
+    """Refuse, before training, a prompt or text with characters the corpus never uses."""
+    for option, text in texts.items():
+        unknown = sorted({c for c in text if c not in vocab})
+        if unknown:
+            parser.error(
+                f"{option} has characters the corpus never uses: {unknown}; the model can only "
+                f"read the {vocab.size} characters of the training text"
+            )
+
+
 def bounds_per_char(model, x: torch.Tensor, lengths, k: int, seed: int) -> dict[str, float]:
     """ELBO / IWAE / FIVO of ``x`` ``[batch, T]`` in nats per character (seeded)."""
     torch.manual_seed(seed)
@@ -123,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     text = load_text(path)
     vocab = text.vocabulary
+    check_vocabulary(
+        parser, vocab, {"--prime": args.prime if args.generate > 0 else "", "--score-text": args.score_text}
+    )
     print(text)
 
     estimator = SequenceModel(
@@ -186,9 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
         result["generated"] = generated
 
     if args.score_text:
-        unknown = sorted({c for c in args.score_text if c not in vocab})
-        if unknown:
-            parser.error(f"--score-text has characters the corpus never uses: {unknown}")
         x = vocab.encode(args.score_text).unsqueeze(0)  # [1, T]
         scored = bounds_per_char(model, x, None, args.score_particles, args.seed)
         g = torch.Generator().manual_seed(args.seed)

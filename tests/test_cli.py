@@ -248,7 +248,10 @@ def test_a_trained_logdir_is_not_overwritten_and_missing_checkpoints_are_reporte
     for argv, message in [
         (["train", "--logdir", logdir, "--max-steps", "2"], "already holds a trained model"),
         (["eval", "--logdir", logdir, "--checkpoint", "best"], "has no best.pt"),
-        (["train", "--logdir", logdir, "--resume", "--latent-size", "7", "--model", "vrnn"], "cannot resume"),
+        (
+            ["train", "--logdir", logdir, "--resume", "--latent-size", "7", "--model", "vrnn"],
+            "--resume: the checkpoint in --logdir",
+        ),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err

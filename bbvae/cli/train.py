@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from bbvae.checkpoint import CheckpointError
 from bbvae.cli.common import (
+    CONFIG_FILE,
     DATASET_TYPES,
     DEFAULTS,
     UsageError,
@@ -28,6 +31,12 @@ from bbvae.cli.common import (
 non_negative_float = number_type(float, lambda v: v >= 0 and v != float("inf"), "a number >= 0")
 open_unit_float = number_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 dropout_float = number_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+# Settings that fix the model, the data order or the optimizer: a resumed run must keep them.
+FIXED_ON_RESUME = (
+    "dataset_type", "dataset_path", "max_length", "model", "bound", "latent_size", "hidden_size", "cell",
+    "proposal", "batch_size", "optimizer", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
+    "warmup_steps", "ema_decay", "seed",
+)  # fmt: skip
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -132,13 +141,43 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
 
 
+def check_logdir_creatable(logdir: Path) -> None:
+    """Refuse, naming ``--logdir``, a logdir that is a file or lies under one (or is not writable)."""
+    for existing in (logdir, *logdir.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            where = "is a file" if existing == logdir else f"lies under {str(existing)!r}, which is a file"
+            raise UsageError(f"--logdir {str(logdir)!r} {where}, not a directory; choose a directory path")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            what = "" if existing == logdir else f" (its parent {str(existing)!r} is not writable)"
+            raise UsageError(f"--logdir {str(logdir)!r}: cannot write there{what}; choose another --logdir")
+        return
+
+
+def resume_mismatch(exc: Exception, logdir: Path, settings: dict) -> str:
+    """A refused ``--resume``, told in command-line options rather than Python keywords."""
+    saved = read_config(logdir)
+    unset = {"seed": "a drawn seed"}
+    changed = [
+        f"--{key.replace('_', '-')} {settings[key]} here, "
+        f"{unset.get(key, 'the default') if saved[key] is None else saved[key]} in the run"
+        for key in FIXED_ON_RESUME
+        if settings[key] != saved[key]
+    ]
+    detail = "; ".join(changed) or str(exc).split("different settings: ", 1)[-1].split(". Use the same")[0]
+    return (
+        f"--resume: the checkpoint in --logdir {str(logdir)!r} was trained with other settings ({detail}). "
+        f"Leave these options out to continue the run as saved in {CONFIG_FILE}, or train in another --logdir"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``bbvae train``; returns the exit status."""
     from bbvae.training import Callback
 
     logdir = Path(args.logdir)
-    if logdir.exists() and not logdir.is_dir():
-        raise UsageError(f"--logdir {str(logdir)!r} is a file, not a directory")
+    check_logdir_creatable(logdir)
     has_run = (logdir / "last.pt").is_file()
     if args.resume:
         if not has_run:
@@ -183,7 +222,12 @@ def run(args: argparse.Namespace) -> int:
         f"logdir {logdir}",
         flush=True,
     )
-    est.fit(data, resume=bool(args.resume))
+    try:
+        est.fit(data, resume=bool(args.resume))
+    except CheckpointError as exc:
+        if not args.resume:
+            raise
+        raise UsageError(resume_mismatch(exc, logdir, s)) from None
     last = est.loss_history_[-1] if est.loss_history_ else float("nan")
     print(
         f"done: {est.n_iter_} steps, {est.n_epochs_} epochs ({est.stop_reason_}); last training bound "
