@@ -31,6 +31,7 @@ key                         content
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -44,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -87,6 +89,27 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes of ``path`` left behind when their process was killed.
+
+    :func:`save_checkpoint` writes ``.NAME.XXXXXXXX.tmp`` next to ``path`` and renames it; a process
+    killed (SIGKILL, power loss) before the rename leaves that file. Call this when no other
+    process is writing ``path`` (the trainer does at the start of every fit, on rank 0).
+
+    Returns:
+        the files removed.
+    """
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            stale.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        removed.append(stale)
+    return removed
 
 
 def _fsync_directory(directory: Path) -> None:

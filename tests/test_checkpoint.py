@@ -12,6 +12,7 @@ from bbvae.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temporaries,
     restore_rng_state,
     save_checkpoint,
 )
@@ -96,3 +97,22 @@ def test_rng_state_round_trip_through_a_file(tmp_path):
     assert torch.equal(got[0], expected[0])
     assert np.array_equal(got[1], expected[1])
     assert got[2] == expected[2]
+
+
+def test_stale_temporaries_of_one_file_are_removed_and_nothing_else(tmp_path):
+    names = [
+        ".last.pt.abc123.tmp",
+        ".last.pt.x.tmp",
+        ".best.pt.abc123.tmp",
+        "last.pt",
+        ".last.pt.keep",
+        "x.tmp",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    removed = remove_stale_temporaries(tmp_path / "last.pt")
+    assert sorted(p.name for p in removed) == [".last.pt.abc123.tmp", ".last.pt.x.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        set(names) - {".last.pt.abc123.tmp", ".last.pt.x.tmp"}
+    )
+    assert remove_stale_temporaries(tmp_path / "missing" / "last.pt") == []

@@ -33,7 +33,9 @@ Data (``--dataset-type``):
   this data type.
 
 Errors in the arguments (and missing files, or a logdir without a trained model) print one line
-``bbvae: error: ...`` on stderr and exit with status 2.
+``bbvae: error: ...`` on stderr and exit with status 2. Ctrl-C (SIGINT) or SIGTERM during ``train``
+saves the step reached to ``last.pt``, says so in one line and exits with status 130 or 143;
+``--resume`` continues from there (see :mod:`bbvae.training.interrupts`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``bbvae`` command line; returns the exit status (0 success, 2 usage error)."""
     from bbvae.checkpoint import CheckpointError
     from bbvae.training import NonFiniteLossError
+    from bbvae.training.interrupts import TrainingInterrupted
 
     parser = build_parser()
     try:
@@ -111,11 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), 1)
     except (ValueError, TypeError, OSError, CheckpointError) as exc:
         return _fail(_one_line(exc), 2)
+    except TrainingInterrupted as exc:
+        return _fail(_interrupted(exc, args), exc.exit_status)
     except KeyboardInterrupt:
         hint = ""
         if args.command == "train" and (Path(args.logdir) / "last.pt").is_file():
             hint = f"; the last checkpoint is in {args.logdir} (continue with bbvae train ... --resume)"
         return _fail("interrupted" + hint, 130)
+
+
+def _interrupted(exc, args) -> str:
+    """Where a SIGINT/SIGTERM left the run, and how to continue it."""
+    again = f"continue with: {PROG} train --logdir {args.logdir} --resume"
+    if exc.checkpoint_path is not None:
+        where = exc.checkpoint_path
+        return f"interrupted by {exc.signal_name} at step {exc.step}; saved it in {where} ({again})"
+    text = str(exc).removeprefix("Trainer.fit: ")
+    if args.command == "train" and (Path(args.logdir) / "last.pt").is_file():
+        return f"interrupted: {text} ({again})"
+    return f"interrupted: {text}"
 
 
 def _one_line(exc: BaseException) -> str:

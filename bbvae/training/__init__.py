@@ -62,6 +62,7 @@ from bbvae.training.data import (
     TensorData,
     as_batch_source,
 )
+from bbvae.training.interrupts import TrainingInterrupted
 from bbvae.training.logs import LOG_FIELDS
 from bbvae.training.rng import set_seed
 from bbvae.training.trainer import Trainer
@@ -80,6 +81,7 @@ __all__ = [
     "SequenceData",
     "TensorData",
     "Trainer",
+    "TrainingInterrupted",
     "as_batch_source",
     "set_seed",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from bbvae import distributed
 from bbvae.checkpoint import CheckpointError
 from bbvae.training.checkpointing import NonFiniteLossError
 from bbvae.training.data import BatchSource
+from bbvae.training.interrupts import TrainingInterrupted
 
 __all__ = ["TrainingLoop"]
 
@@ -43,6 +45,7 @@ class TrainingLoop:
         batches: Iterator | None = None
         batch = None
         while not (reason := self._stop_reason()):
+            self._stop_if_signalled()
             if batches is None:
                 batches = self._epoch_iterator(train)
                 batch = next(batches, None)
@@ -81,6 +84,38 @@ class TrainingLoop:
             self._checkpoint()
         for cb in self.callbacks:
             cb.on_step_end(self, step)
+
+    def _stop_if_signalled(self) -> None:
+        """After a first SIGINT/SIGTERM: write last.pt for the step reached and raise TrainingInterrupted."""
+        signum = self._signals.received
+        if signum is None:
+            return
+        step = self.n_iter_
+        if self._written_step != step:
+            self._checkpoint()
+        path = self.checkpoint_path_ if self._written_step == step else None
+        if path is not None:
+            saved = f"saved step {step} in {str(path)!r}; fit(..., resume=True) continues from it"
+        else:
+            saved = f"nothing was written (logdir=None); the model holds the parameters of step {step}"
+        name = signal.Signals(signum).name
+        raise TrainingInterrupted(f"Trainer.fit: {name} received at step {step}; {saved}", signum, step, path)
+
+    def _stopped_at_once(self, exc: TrainingInterrupted) -> TrainingInterrupted:
+        """The error of a second signal, which stopped training wherever it was."""
+        path, written = self.checkpoint_path_, self._written_step
+        if path is not None and written is not None:
+            kept = f"the last checkpoint, of step {written}, is intact in {str(path)!r}"
+        else:
+            kept = "no checkpoint was written"
+        signum = signal.Signals[exc.signal_name]
+        return TrainingInterrupted(
+            f"Trainer.fit: {exc.signal_name} received twice; stopped at once during step {self.n_iter_ + 1}; "
+            + kept,
+            signum,
+            None,
+            None,
+        )
 
     def _end_epoch(self, valid, valid_data) -> None:
         self.n_epochs_ += 1

@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from bbvae import distributed
+from bbvae.checkpoint import remove_stale_temporaries
 from bbvae.data.batching import SequenceBatch
 from bbvae.training.averaging import ParameterAverage
 from bbvae.training.callbacks import Callback
-from bbvae.training.checkpointing import TrainerCheckpointing
+from bbvae.training.checkpointing import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainerCheckpointing
 from bbvae.training.data import BatchSource, as_batch_source
 from bbvae.training.evaluation import TrainerEvaluation
+from bbvae.training.interrupts import SignalGuard, TrainingInterrupted
 from bbvae.training.logs import TrainerLogging
 from bbvae.training.loop import TrainingLoop
 from bbvae.training.rng import set_seed
@@ -204,6 +206,9 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         Raises:
             NonFiniteLossError: the loss (or the parameters) became NaN or infinite; the model
                 and optimizer are back at the last good state (that of ``last.pt``).
+            TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM arrived; the step under way was
+                finished and saved to ``logdir/last.pt`` first (a second signal stops at once,
+                leaving the previous ``last.pt``); see :mod:`bbvae.training.interrupts`.
             CheckpointError: the checkpoint to resume from does not match this trainer.
         """
         self._check_settings()
@@ -239,6 +244,10 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.generator_ = torch.Generator()
         self.stop_training = False
         self._logdir = None if self.logdir is None else Path(self.logdir)
+        if self._logdir is not None and self._is_main:  # left by a process killed mid-write
+            for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
+                remove_stale_temporaries(self._logdir / name)
+        self._signals = SignalGuard(enabled=self._world == 1)
 
         ckpt_path = self._resume_path(resume)
         if ckpt_path is not None:
@@ -261,8 +270,14 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             model = distributed.wrap_ddp(self.loss, self.find_unused_parameters)
             for cb in self.callbacks:
                 cb.on_fit_start(self)
-            self._loop(model, train, valid, valid_data)
-            self._finish()
+            with self._signals:  # a first Ctrl-C / SIGTERM: save the step reached, then stop
+                self._loop(model, train, valid, valid_data)
+                self._finish()
+                self._stop_if_signalled()
+        except TrainingInterrupted as exc:
+            if exc.step is not None:
+                raise
+            raise self._stopped_at_once(exc) from None
         finally:
             model = None  # drops the DDP wrapper and its gradient hooks
             self._good_state = self._best_model_state = None  # copies only needed while fitting
