@@ -27,6 +27,7 @@ from bbvae.estimator_base import (
     check_random_state,
     make_trainer,
     resolve_device,
+    seeded_generators,
     split_callbacks,
     trainer_results,
 )
@@ -304,19 +305,29 @@ class VAE(EstimatorMixin):
             )
         return X
 
-    def score_samples(self, X) -> torch.Tensor:
+    def score_samples(self, X, random_state: int | None = None) -> torch.Tensor:
         """Importance-sampled estimate of log p(x) for every row (``n_samples_eval`` samples, IWAE).
 
         A stochastic lower bound of log p(x) in expectation, exact when q(z|x) is the posterior.
 
         Args:
             X: ``[N, *obs_shape]``.
+            random_state: an int to draw the Monte Carlo noise from generators seeded with it
+                (two calls then give the same numbers; the global generators are left as they
+                were); None draws from the global generators.
 
         Returns:
             ``[N]`` float64 tensor on the CPU, nats per row.
         """
         X = self._check_rows(X, "score_samples")
         device = _device_of(self.gen_model_, X)
+        if random_state is not None:
+            check_int("random_state", random_state, f"{type(self).__name__}.score_samples", minimum=0)
+            with seeded_generators(random_state, device):
+                return self._log_likelihoods(X, device)
+        return self._log_likelihoods(X, device)
+
+    def _log_likelihoods(self, X: torch.Tensor, device: torch.device) -> torch.Tensor:
         chunk = max(self.batch_size, 256)
         samples_chunk = min(self.n_samples_eval, 500)
         modes = (self.inf_net_.training, self.gen_model_.training)
@@ -338,9 +349,12 @@ class VAE(EstimatorMixin):
             self.gen_model_.train(modes[1])
         return torch.cat(out)
 
-    def score(self, X, y=None) -> float:
-        """The mean of :meth:`score_samples` over the rows of ``X`` (nats per data point)."""
-        return float(self.score_samples(X).mean())
+    def score(self, X, y=None, random_state: int | None = None) -> float:
+        """The mean of :meth:`score_samples` over the rows of ``X`` (nats per data point).
+
+        ``random_state``: see :meth:`score_samples`.
+        """
+        return float(self.score_samples(X, random_state=random_state).mean())
 
     @torch.no_grad()
     def sample(self, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

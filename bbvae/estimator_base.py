@@ -16,6 +16,7 @@ describe and :func:`trainer_results` copies a finished trainer's histories onto 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ __all__ = [
     "check_random_state",
     "make_trainer",
     "resolve_device",
+    "seeded_generators",
     "split_callbacks",
     "trainer_results",
 ]
@@ -200,6 +202,21 @@ def resolve_device(device: Any, where: str) -> torch.device | None:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{where}: device {device!r} requested, but MPS is not available")
     return dev
+
+
+@contextlib.contextmanager
+def seeded_generators(seed: int, device: torch.device):
+    """Run the block on a copy of the global generators seeded with ``seed`` (restored afterwards).
+
+    The CPU generator, and ``device``'s when it is a CUDA device, are forked: draws inside the
+    block repeat for one seed, and the global stream outside it does not move.
+    """
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 class _EstimatorCallback(Callback):

@@ -225,3 +225,21 @@ def test_fit_with_validation_data_records_valid_history():
 def test_fit_accepts_numpy_data():
     est = make_vae(max_steps=2).fit(np.asarray(data()))
     assert est.n_iter_ == 2
+
+
+def test_score_with_a_random_state_repeats_and_leaves_the_global_stream_alone():
+    est = make_vae(n_samples_eval=4).fit(data())
+    torch.manual_seed(11)
+    expected_next = torch.rand(3)
+    torch.manual_seed(11)
+    first = est.score(data(6), random_state=3)
+    assert torch.equal(torch.rand(3), expected_next)  # the global generator did not move
+    assert est.score(data(6), random_state=3) == first
+    assert est.score(data(6), random_state=4) != first  # the seed is used, not ignored
+    per_row = est.score_samples(data(6), random_state=3)
+    assert torch.equal(per_row, est.score_samples(data(6), random_state=3))
+    assert float(per_row.mean()) == first
+    with pytest.raises(ValueError, match="random_state"):
+        est.score(data(6), random_state=-1)
+    with pytest.raises(TypeError, match="random_state"):
+        est.score(data(6), random_state=1.5)
