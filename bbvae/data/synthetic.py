@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from bbvae.data.batching import SequenceBatch, batch_indices
+from bbvae.data.datasets import SequenceDataset
 
 __all__ = ["SyntheticData", "gaussian_hmm_data"]
 
@@ -40,6 +41,10 @@ class SyntheticData:
 
     def num_steps(self, name: str) -> int:
         return sum(len(s) for s in self.split(name))
+
+    def dataset(self, name: str, *, dtype: torch.dtype = torch.float32) -> SequenceDataset:
+        """Split ``name`` as a :class:`~bbvae.data.SequenceDataset` of ``[T_i, x_dim]`` ``dtype`` tensors."""
+        return SequenceDataset([torch.as_tensor(s).to(dtype) for s in self.split(name)])
 
     def batches(
         self,

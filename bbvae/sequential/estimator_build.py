@@ -65,6 +65,7 @@ class SequenceModelBuilder:
         if self.clip_grad_norm is not None:
             check_float("clip_grad_norm", self.clip_grad_norm, where)
         check_int("max_length", self.max_length, where, optional=True)
+        check_int("length_bucketing", self.length_bucketing, where, optional=True)
         if self.eval_bound is not None:
             check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
         check_int("n_samples_eval", self.n_samples_eval, where, optional=True)
