@@ -85,9 +85,19 @@ class VAE(EstimatorMixin):
         max_epochs: stop after this many passes over the data (None: no limit by epochs). At
             least one of the two must be set.
         clip_grad_norm: clip the gradient 2-norm to this value (None: no clipping).
+        weight_decay: decoupled weight decay (AdamW; with ``optimizer="adam"`` the optimizer
+            becomes AdamW).
+        lr_schedule: ``None``, ``"plateau"``, ``"cosine"``, ``"step"`` or a callable
+            ``optimizer -> scheduler``; see :class:`~bbvae.training.Trainer`.
+        lr_schedule_kwargs: keywords of the scheduler.
+        warmup_steps: linear learning-rate warm-up over the first steps.
+        ema_decay: keep an exponential moving average of the weights with this decay; validation,
+            model selection and the fitted model use the average.
         n_samples_eval: importance samples per data point in :meth:`score_samples`.
         eval_every: steps between validations on ``X_valid`` (None: once per epoch).
         patience: early stopping after this many validations without improvement (None: never).
+        restore_best: with validation data, the fitted model is the best-validation one
+            (``best_step_``), not the last iterate.
         log_every: steps between logging points, where ``loss_history_`` is updated and the
             callbacks run.
         checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
@@ -128,9 +138,15 @@ class VAE(EstimatorMixin):
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         clip_grad_norm: float | None = None,
+        weight_decay: float = 0.0,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
         n_samples_eval: int = 100,
         eval_every: int | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         log_every: int = 50,
         checkpoint_every: int = 1000,
         device: str | torch.device | None = None,
@@ -150,9 +166,15 @@ class VAE(EstimatorMixin):
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
         self.patience = patience
+        self.restore_best = restore_best
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -204,6 +226,8 @@ class VAE(EstimatorMixin):
         check_int("n_samples_eval", self.n_samples_eval, where)
         check_int("eval_every", self.eval_every, where, optional=True)
         check_int("patience", self.patience, where, optional=True)
+        check_float("weight_decay", self.weight_decay, where, strict=False)
+        check_int("warmup_steps", self.warmup_steps, where, minimum=0)
         check_int("log_every", self.log_every, where)
         check_int("checkpoint_every", self.checkpoint_every, where)
         check_random_state(self.random_state, where)

@@ -251,9 +251,16 @@ def make_trainer(estimator: Any, loss: Loss, where: str, **extra: Any) -> Traine
     """
     functions, objects = split_callbacks(estimator.callbacks, where)
     estimator.loss_history_, estimator.valid_history_, estimator.n_iter_ = [], [], 0
+    optimizer, optimizer_kwargs = estimator.optimizer, None
+    weight_decay = getattr(estimator, "weight_decay", 0.0)
+    if weight_decay:
+        # decoupled weight decay (Loshchilov & Hutter): Adam's own weight_decay is an L2 penalty
+        optimizer = "adamw" if optimizer == "adam" else optimizer
+        optimizer_kwargs = {"weight_decay": weight_decay}
     trainer = Trainer(
         loss,
-        optimizer=estimator.optimizer,
+        optimizer=optimizer,
+        optimizer_kwargs=optimizer_kwargs,
         learning_rate=estimator.learning_rate,
         batch_size=estimator.batch_size,
         max_steps=estimator.max_steps,
@@ -263,6 +270,11 @@ def make_trainer(estimator: Any, loss: Loss, where: str, **extra: Any) -> Traine
         checkpoint_every=estimator.checkpoint_every,
         eval_every=estimator.eval_every,
         patience=estimator.patience,
+        restore_best=getattr(estimator, "restore_best", False),
+        lr_schedule=getattr(estimator, "lr_schedule", None),
+        lr_schedule_kwargs=getattr(estimator, "lr_schedule_kwargs", None),
+        warmup_steps=getattr(estimator, "warmup_steps", 0),
+        ema_decay=getattr(estimator, "ema_decay", None),
         logdir=estimator.logdir,
         seed=estimator.random_state,
         progress=bool(estimator.progress),
@@ -282,3 +294,5 @@ def trainer_results(estimator: Any, trainer: Trainer) -> None:
     estimator.n_epochs_ = trainer.n_epochs_
     estimator.stop_reason_ = trainer.stop_reason_
     estimator.seed_ = trainer.seed_
+    estimator.best_valid_ = trainer.best_valid_
+    estimator.best_step_ = trainer.best_step_

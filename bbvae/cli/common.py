@@ -43,6 +43,14 @@ DEFAULTS: dict[str, Any] = {
     "max_length": None,
     "length_bucketing": None,
     "clip_grad_norm": None,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "lr_schedule": None,
+    "lr_factor": None,
+    "lr_patience": None,
+    "warmup_steps": 0,
+    "ema_decay": None,
+    "dropout": 0.0,
     "eval_every": None,
     "patience": None,
     "log_every": 50,
@@ -69,6 +77,12 @@ ESTIMATOR_KEYS = {
     "max_length": "max_length",
     "length_bucketing": "length_bucketing",
     "clip_grad_norm": "clip_grad_norm",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "lr_schedule": "lr_schedule",
+    "warmup_steps": "warmup_steps",
+    "ema_decay": "ema_decay",
+    "dropout": "dropout",
     "eval_every": "eval_every",
     "patience": "patience",
     "log_every": "log_every",
@@ -160,6 +174,14 @@ def check_settings(s: dict[str, Any]) -> None:
         raise UsageError("--dataset-type text needs --dataset-path (a text file)")
     if s["bound"] in ("vimco", "rws") and s["num_samples"] < 2:
         raise UsageError(f"--bound {s['bound']} needs --num-samples >= 2, got {s['num_samples']}")
+    if s.get("lr_schedule") == "cosine" and s.get("max_steps") is None:
+        raise UsageError("--lr-schedule cosine anneals over --max-steps: set --max-steps")
+    if s.get("lr_schedule") == "plateau" and s.get("eval_every") is None and s.get("patience") is None:
+        raise UsageError("--lr-schedule plateau follows the validation bound: set --eval-every")
+    if (s.get("lr_factor") is not None or s.get("lr_patience") is not None) and s.get(
+        "lr_schedule"
+    ) != "plateau":
+        raise UsageError("--lr-factor and --lr-patience belong to --lr-schedule plateau")
 
 
 def parse_device(text: str | None) -> str | None:
@@ -245,9 +267,13 @@ def make_estimator(
 ):
     from bbvae.sequential.estimator import SequenceModel
 
+    s = {**DEFAULTS, **s}  # a config written before a setting existed has its default
     params = {param: s[key] for key, param in ESTIMATOR_KEYS.items()}
     if params["max_steps"] is None and params["max_epochs"] is None:
         params["max_steps"] = UNLIMITED_STEPS
+    schedule_kwargs = {"factor": s["lr_factor"], "patience": s["lr_patience"]}
+    schedule_kwargs = {k: v for k, v in schedule_kwargs.items() if v is not None}
+    params["lr_schedule_kwargs"] = schedule_kwargs or None
     return SequenceModel(
         **params,
         device=device,

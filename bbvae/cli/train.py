@@ -15,6 +15,8 @@ from bbvae.cli.common import (
     explicit_settings,
     load_data,
     make_estimator,
+    non_negative_int,
+    number_type,
     parse_device,
     positive_float,
     positive_int,
@@ -22,6 +24,10 @@ from bbvae.cli.common import (
     unit_float,
     write_config,
 )
+
+non_negative_float = number_type(float, lambda v: v >= 0 and v != float("inf"), "a number >= 0")
+open_unit_float = number_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+dropout_float = number_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -78,6 +84,35 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         help="batch sequences of similar length: sort random pools of N batches by length (less padding)",
     )
     train.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm")
+    train.add_argument(
+        "--optimizer", choices=("adam", "adamw", "sgd", "rmsprop", "adagrad"), help="optimizer (default adam)"
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        help="decoupled weight decay (AdamW; --optimizer adam becomes adamw) (default 0)",
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=("constant", "plateau", "cosine", "step"),
+        help="learning-rate schedule: plateau (halve when the validation bound stalls; needs --eval-every), "
+        "cosine (to 0 at --max-steps) (default constant)",
+    )
+    train.add_argument("--lr-factor", type=unit_float, help="plateau: multiply the rate by this (0.1)")
+    train.add_argument(
+        "--lr-patience", type=non_negative_int, help="plateau: validations without gain before a cut (10)"
+    )
+    train.add_argument("--warmup-steps", type=non_negative_int, help="linear learning-rate warm-up steps (0)")
+    train.add_argument(
+        "--ema-decay",
+        type=open_unit_float,
+        help="validate, select and keep an exponential moving average of the weights (e.g. 0.999)",
+    )
+    train.add_argument(
+        "--dropout",
+        type=dropout_float,
+        help="dropout on MLP hidden layers and recurrent inputs while training (default 0)",
+    )
     train.add_argument(
         "--eval-every", type=positive_int, help="validate on the valid split every N steps (keeps best.pt)"
     )
@@ -170,4 +205,10 @@ def run(args: argparse.Namespace) -> int:
         f"{-last:.4f}; checkpoint {logdir / 'last.pt'}",
         flush=True,
     )
+    if est.best_step_ is not None:
+        print(
+            f"best validation bound {est.best_valid_:.4f} nats/step at step {est.best_step_} "
+            f"({logdir / 'best.pt'}; bbvae eval/sample --checkpoint best use it)",
+            flush=True,
+        )
     return 0

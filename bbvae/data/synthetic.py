@@ -134,6 +134,4 @@ def gaussian_hmm_data(
     seqs = [x[i, : lengths[i]].float() for i in range(n_sequences)]
     n_train = int(n_sequences * fractions[0])
     n_valid = int(n_sequences * fractions[1])
-    return SyntheticData(
-        model, seqs[:n_train], seqs[n_train : n_train + n_valid], seqs[n_train + n_valid :]
-    )
+    return SyntheticData(model, seqs[:n_train], seqs[n_train : n_train + n_valid], seqs[n_train + n_valid :])

@@ -42,8 +42,7 @@ def _split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         raise TypeError(f"fractions: expected three numbers, got {fractions!r}") from None
     if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values):
         raise ValueError(
-            f"fractions: expected three non-negative (train, valid, test) fractions, "
-            f"got {fractions!r}"
+            f"fractions: expected three non-negative (train, valid, test) fractions, got {fractions!r}"
         )
     if abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(f"fractions: expected fractions summing to 1, got {fractions!r}")
@@ -152,9 +151,7 @@ class TextData:
         device: torch.device | str | None = None,
     ) -> SequenceBatch:
         """All pieces of split ``name`` as one batch (for evaluation); see :func:`text_batch`."""
-        return text_batch(
-            self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device
-        )
+        return text_batch(self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device)
 
 
 def load_text(
@@ -186,9 +183,7 @@ def load_text(
     file = Path(path)
     if not file.is_file():
         if file.is_dir():
-            raise IsADirectoryError(
-                errno.EISDIR, "Expected a text file, got a directory", str(file)
-            )
+            raise IsADirectoryError(errno.EISDIR, "Expected a text file, got a directory", str(file))
         raise FileNotFoundError(errno.ENOENT, "No such text file", str(file))
     try:
         with open(file, encoding=encoding, newline="") as handle:
@@ -200,11 +195,7 @@ def load_text(
     n = len(text)
     end_train = math.floor(n * f_train)
     end_valid = (
-        end_train
-        if f_valid == 0
-        else n
-        if f_test == 0
-        else min(math.floor(n * (f_train + f_valid)), n)
+        end_train if f_valid == 0 else n if f_test == 0 else min(math.floor(n * (f_train + f_valid)), n)
     )
     return TextData(
         vocabulary=Vocabulary.from_corpus(text),
@@ -284,9 +275,7 @@ def text_batch(
     x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # [B, T] (to check the range)
     low, high = int(x.min()), int(x.max())
     if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}"
-        )
+        raise ValueError(f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}")
     data = TextDataset(seqs, vocab_size, dtype=dtype)
     return collate_sequences([data[i] for i in range(len(data))])
 
@@ -325,7 +314,4 @@ def text_batches(
         generator=generator,
         drop_last=drop_last,
     )
-    return (
-        text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device)
-        for idx in order
-    )
+    return (text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device) for idx in order)

@@ -126,8 +126,6 @@ class Vocabulary:
         bad = (array < 0) | (array >= self.size)
         if bad.any():
             k = int(np.argmax(bad))
-            raise ValueError(
-                f"indices[{k}]: expected an index in 0..{self.size - 1}, got {int(array[k])}"
-            )
+            raise ValueError(f"indices[{k}]: expected an index in 0..{self.size - 1}, got {int(array[k])}")
         table = np.array(list(self.chars))  # [V] of 1-char strings
         return "".join(table[array].tolist())

@@ -11,11 +11,29 @@ import warnings
 import torch
 from torch import nn
 
-from bbvae._math import effective_sample_size, log_mean_exp, normalized_weights
-from bbvae._validation import check_no_nan, check_positive_int, check_tensor, shape_str
+from bbvae._math import effective_sample_size, log_mean_exp, normalized_weights, zero_weight_points
+from bbvae._validation import (
+    check_no_nan,
+    check_positive_int,
+    check_tensor,
+    is_validation_enabled,
+    shape_str,
+)
 from bbvae.base import GenModel, InfNet
 
 __all__ = ["Loss", "LossHistory", "effective_sample_size", "log_mean_exp", "normalized_weights"]
+
+
+def zero_weight_warning(points: list[int], n_samples: int, where: str) -> str:
+    """The message of the warning about data points whose every sample has zero weight."""
+    shown = points[:10]
+    more = f" (and {len(points) - 10} more)" if len(points) > 10 else ""
+    return (
+        f"{where}: data point(s) {shown}{more} of the batch have log p(x, z) - log q(z|x) = -inf for all "
+        f"{n_samples} sample(s) (zero likelihood under every draw): their bound is -inf, so the loss "
+        "value is inf, and they contribute nothing to the gradient. If this is not bad luck with a "
+        "model of bounded support, check these observations against the model's support and q's."
+    )
 
 
 class LossHistory:
@@ -91,6 +109,7 @@ class Loss(nn.Module):
         self.n_samples = n_samples
         self._history = LossHistory()
         self._warned_ess = False
+        self._warned_zero_weight = False
         self._ess_checks = 0
 
     # ------------------------------------------------------------------ public interface
@@ -166,6 +185,7 @@ class Loss(nn.Module):
         check_no_nan("log p(x, z)", log_p, name)
         check_no_nan("log q(z|x)", log_q, name)
         log_w = (log_p - log_q).detach()
+        self._warn_if_zero_weight(log_w)
         self.log_p_ = log_p.detach()
         self.log_q_ = log_q.detach()
         if log_w.shape[1] > 1:
@@ -173,6 +193,19 @@ class Loss(nn.Module):
             self.max_weight_ = normalized_weights(log_w).amax(dim=1)
             self._warn_if_collapsed()
         return log_p - log_q
+
+    def _warn_if_zero_weight(self, log_w: torch.Tensor) -> None:
+        # Reads tensor values (a sync on accelerators): only while validating, and once per loss.
+        if self._warned_zero_weight or not is_validation_enabled():
+            return
+        points = zero_weight_points(log_w)
+        if points.numel():
+            self._warned_zero_weight = True
+            warnings.warn(
+                zero_weight_warning(points.tolist(), log_w.shape[1], type(self).__name__),
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _warn_if_collapsed(self) -> None:
         if self._warned_ess or not self.importance_weighted:

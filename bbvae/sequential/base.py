@@ -27,7 +27,8 @@ with the masks they computed when they were given the data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -46,6 +47,7 @@ __all__ = [
     "StepOutput",
     "check_sequence_args",
     "encode_checked",
+    "eval_mode",
     "gather_particles",
     "generate",
     "length_mask",
@@ -372,6 +374,17 @@ def encode_checked(model, x, lengths, inputs, n_steps: int, where: str) -> Seque
     return encoded
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (no dropout), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate(
     model: SequentialModel, n: int, length: int | None = None, inputs: torch.Tensor | None = None
@@ -411,8 +424,10 @@ def generate(
     state = model.generate_init(n, 1, like)
     input_steps = inputs.unbind(1) if inputs is not None else [None] * length
     xs, zs = [], []
-    for inputs_t in input_steps:
-        state, x_t, z_t = model.generate_step(state, inputs_t.unsqueeze(1) if inputs_t is not None else None)
-        xs.append(x_t.squeeze(1))
-        zs.append(z_t.squeeze(1))
+    with eval_mode(model):
+        for inputs_t in input_steps:
+            u_t = inputs_t.unsqueeze(1) if inputs_t is not None else None
+            state, x_t, z_t = model.generate_step(state, u_t)
+            xs.append(x_t.squeeze(1))
+            zs.append(z_t.squeeze(1))
     return torch.stack(xs, dim=1), torch.stack(zs, dim=1)

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bbvae._validation import shape_str
 from bbvae.data.datasets import SequenceDataset
 from bbvae.estimator_base import (
     EstimatorMixin,
@@ -46,9 +44,9 @@ from bbvae.estimator_base import (
 from bbvae.sequential.base import SequentialModel
 from bbvae.sequential.bounds import EVAL_BOUNDS, sequence_bounds
 from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS, SequenceModelBuilder
-from bbvae.sequential.estimator_data import data_info, is_dataset, is_text, to_sequences
+from bbvae.sequential.estimator_data import is_dataset, is_text, to_sequences
 from bbvae.sequential.estimator_sampling import SequenceModelSampling
-from bbvae.training import Callback, set_seed
+from bbvae.training import Callback
 
 __all__ = [
     "BOUNDS",
@@ -109,6 +107,18 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         batch_size: sequences per step (4 in the FIVO reference).
         max_steps, max_epochs: when to stop (at least one must be set).
         clip_grad_norm: gradient clipping (None: none).
+        weight_decay: decoupled weight decay (AdamW; with ``optimizer="adam"`` the optimizer
+            becomes AdamW). It regularises towards small weights: the objective is then no longer
+            the bound alone.
+        lr_schedule: ``None``, ``"plateau"`` (halve on a plateau of the validation bound),
+            ``"cosine"``, ``"step"`` or a callable ``optimizer -> scheduler``; see
+            :class:`~bbvae.training.Trainer`.
+        lr_schedule_kwargs: keywords of the scheduler.
+        warmup_steps: linear learning-rate warm-up over the first steps.
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999); validation, model selection and the fitted model use the average.
+        dropout: dropout of the built-in neural models (MLP hidden layers and recurrent inputs;
+            training only, see :class:`~bbvae.sequential.VRNN`).
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
         length_bucketing: batch sequences of similar length (pools of this many batches sorted by
@@ -120,6 +130,8 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         eval_every: steps between validations (None: once per epoch, when there is validation
             data; see :meth:`fit`).
         patience: early stopping after this many validations without improvement.
+        restore_best: with validation, the fitted model is the best-validation one
+            (``best_step_``), not the last iterate.
         log_every: steps between logging points (``loss_history_`` updates, callbacks).
         checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
         device: where to train and evaluate (None: torch's default device).
@@ -139,6 +151,9 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         loss_history_ (list[float]): the training loss of every step (negative bound, per step
             with ``normalize="length"``).
         valid_history_ (list[float]): validation bounds, nats per time step.
+        best_valid_ (float | None): the best validation bound (None without validation).
+        best_step_ (int | None): the step it was reached at: the fitted model's step when
+            ``restore_best`` (the default).
         n_iter_ (int): optimizer steps taken.
         n_epochs_ (int): complete passes over the training data.
         seed_ (int): the seed used.
@@ -168,12 +183,19 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         clip_grad_norm: float | None = None,
+        weight_decay: float = 0.0,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        dropout: float = 0.0,
         max_length: int | None = None,
         length_bucketing: int | None = None,
         eval_bound: str | None = None,
         n_samples_eval: int | None = None,
         eval_every: int | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         log_every: int = 50,
         checkpoint_every: int = 1000,
         device: str | torch.device | None = None,
@@ -199,12 +221,19 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.dropout = dropout
         self.max_length = max_length
         self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
         self.patience = patience
+        self.restore_best = restore_best
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -212,30 +241,6 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.progress = progress
         self.callbacks = callbacks
         self.random_state = random_state
-
-    # ------------------------------------------------------------------ validation
-
-    def _setup(self, X: Any, where: str):
-        """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
-        device = self._validate_params()
-        if self.random_state is not None:
-            set_seed(self.random_state)
-        train = to_sequences(X, "train", self.max_length, where)
-        info = data_info(X, train, where)
-        observation = (
-            self._observation_for(info, train, where)
-            if not isinstance(self.model, SequentialModel)
-            else "custom"
-        )
-        model = self._build_model(info, observation, device)
-        self.model_ = model
-        self.loss_ = self._build_loss(model)
-        self.observation_ = observation
-        self.obs_shape_ = info.obs_shape
-        self.n_categories_ = info.n_categories
-        self.vocabulary_ = info.vocabulary
-        self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
-        return train
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> SequenceModel:
@@ -309,27 +314,6 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
-        first = seqs[0]
-        if self.n_categories_ is not None:
-            if first.is_floating_point() or first.dim() != 1:
-                raise ValueError(
-                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
-                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
-                )
-            top = max(int(s.max()) for s in seqs)
-            low = min(int(s.min()) for s in seqs)
-            if low < 0 or top >= self.n_categories_:
-                raise ValueError(
-                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
-                )
-        elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
-            raise ValueError(
-                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
-                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
-            )
-        return seqs
-
     def _eval_settings(self) -> tuple[str, int]:
         bound = self.eval_bound or _EVAL_OF[self.bound]
         if bound == "exact" and not callable(getattr(self.model_, "exact_log_prob", None)):

@@ -8,15 +8,18 @@ its name (with the FIVO centring and output-bias initialisation) and the loss fr
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
+from bbvae._validation import shape_str
 from bbvae.estimator_base import check_choice, check_float, check_int, check_random_state, resolve_device
 from bbvae.losses.base import Loss
 from bbvae.losses.per_step import PerStep
 from bbvae.sequential.base import SequentialModel
 from bbvae.sequential.bounds import EVAL_BOUNDS
-from bbvae.sequential.estimator_data import DataInfo, is_binary
+from bbvae.sequential.estimator_data import DataInfo, data_info, is_binary, to_sequences
+from bbvae.training.rng import set_seed
 
 __all__ = ["BOUNDS", "MODELS", "OBSERVATIONS", "SequenceModelBuilder"]
 
@@ -64,6 +67,11 @@ class SequenceModelBuilder:
             raise ValueError(f"{where}: set max_steps or max_epochs (or both), got neither")
         if self.clip_grad_norm is not None:
             check_float("clip_grad_norm", self.clip_grad_norm, where)
+        check_float("weight_decay", self.weight_decay, where, strict=False)
+        check_int("warmup_steps", self.warmup_steps, where, minimum=0)
+        check_float("dropout", self.dropout, where, strict=False)
+        if self.dropout >= 1:
+            raise ValueError(f"{where}: expected dropout in [0, 1), got {self.dropout}")
         check_int("max_length", self.max_length, where, optional=True)
         check_int("length_bucketing", self.length_bucketing, where, optional=True)
         if self.eval_bound is not None:
@@ -125,7 +133,7 @@ class SequenceModelBuilder:
         latent = self.latent_size or _DEFAULT_LATENT
         dtype = torch.get_default_dtype()
         x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean)
+        common = dict(cell=self.cell, observation=observation, x_mean=x_mean, dropout=self.dropout)
         if self.model == "rnn":
             model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
         else:
@@ -166,3 +174,47 @@ class SequenceModelBuilder:
         else:
             loss = RWS(q, p, k)
         return PerStep(loss) if self.normalize == "length" else loss
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self, X: Any, where: str):
+        """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
+        device = self._validate_params()
+        if self.random_state is not None:
+            set_seed(self.random_state)
+        train = to_sequences(X, "train", self.max_length, where)
+        info = data_info(X, train, where)
+        observation = (
+            self._observation_for(info, train, where)
+            if not isinstance(self.model, SequentialModel)
+            else "custom"
+        )
+        model = self._build_model(info, observation, device)
+        self.model_ = model
+        self.loss_ = self._build_loss(model)
+        self.observation_ = observation
+        self.obs_shape_ = info.obs_shape
+        self.n_categories_ = info.n_categories
+        self.vocabulary_ = info.vocabulary
+        self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
+        return train
+
+    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
+        first = seqs[0]
+        if self.n_categories_ is not None:
+            if first.is_floating_point() or first.dim() != 1:
+                raise ValueError(
+                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
+                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
+                )
+            top = max(int(s.max()) for s in seqs)
+            low = min(int(s.min()) for s in seqs)
+            if low < 0 or top >= self.n_categories_:
+                raise ValueError(
+                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
+                )
+        elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
+            raise ValueError(
+                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
+                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
+            )
+        return seqs

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from bbvae._validation import check_positive_int, check_tensor, shape_str
 from bbvae.models import mlp
@@ -99,9 +100,12 @@ class MultiInputMLP(nn.Module):
         in_sizes: sizes of the inputs, in order.
         hidden_sizes: hidden layer sizes (``()``: the first layer is the output layer).
         out_size: output size.
+        dropout: dropout after every hidden activation (training mode only).
     """
 
-    def __init__(self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], out_size: int) -> None:
+    def __init__(
+        self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], out_size: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.in_sizes = tuple(in_sizes)
         self.hidden_sizes = tuple(hidden_sizes)
@@ -116,7 +120,9 @@ class MultiInputMLP(nn.Module):
                 layer.weight.uniform_(-bound, bound)
             self.bias.uniform_(-bound, bound)
         if self.hidden_sizes:
-            self.tail = nn.Sequential(nn.ReLU(), mlp([*self.hidden_sizes, out_size], activation=nn.ReLU))
+            hidden = mlp([*self.hidden_sizes, out_size], activation=nn.ReLU, dropout=dropout)
+            first_activation = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout > 0 else nn.ReLU()
+            self.tail = nn.Sequential(first_activation, hidden)  # (state-dict names as without dropout)
         else:
             self.tail = nn.Identity()
 
@@ -144,8 +150,10 @@ class GaussianHead(MultiInputMLP):
     ``softplus(raw + 0.25) + 1e-4``.
     """
 
-    def __init__(self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], size: int) -> None:
-        super().__init__(in_sizes, hidden_sizes, 2 * size)
+    def __init__(
+        self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], size: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_sizes, hidden_sizes, 2 * size, dropout)
         self.size = size
 
     def params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,12 +190,16 @@ class NeuralSequentialModel(SequentialModel):
         encoded_size: int | None,
         cell: str,
         input_size: int,
+        dropout: float = 0.0,
     ) -> int:
         """Check and store the sizes every neural model shares; return the feature size.
 
         Unset sizes default to ``latent_size`` (the FIVO convention), or to ``hidden_size`` for a
-        model without latents (``latent_size=None``).
+        model without latents (``latent_size=None``). Also checks and stores ``dropout``.
         """
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{where}: expected dropout in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         if latent_size is not None:
             check_positive_int("latent_size", latent_size, where)
         else:
@@ -235,11 +247,14 @@ class NeuralSequentialModel(SequentialModel):
         self.encoded_size = encoded_size
         self.decoder_input_size = decoder_input_size
         hidden = list(fc_hidden_sizes)
+        drop = self.dropout
         self.encoder = (
-            encoder if encoder is not None else mlp([family.feature_size, *hidden, encoded_size], nn.ReLU)
+            encoder
+            if encoder is not None
+            else mlp([family.feature_size, *hidden, encoded_size], nn.ReLU, dropout=drop)
         )
         if decoder is None:
-            decoder = mlp([decoder_input_size, *hidden, family.param_size], nn.ReLU)
+            decoder = mlp([decoder_input_size, *hidden, family.param_size], nn.ReLU, dropout=drop)
         self.decoder = decoder
         if x_mean is not None:
             check_tensor("x_mean", x_mean, where)
@@ -256,6 +271,12 @@ class NeuralSequentialModel(SequentialModel):
         self.register_buffer("x_mean", x_mean)
 
     # ------------------------------------------------------------------------- helpers
+    def recurrent_input(self, inp: torch.Tensor) -> torch.Tensor:
+        """Dropout on the input of a recurrence (training mode only; identity when ``dropout=0``)."""
+        if self.dropout > 0 and self.training:
+            return F.dropout(inp, self.dropout, training=True)
+        return inp
+
     def x_features(self, x: torch.Tensor) -> torch.Tensor:
         """``encoder(features(x - x_mean))``: ``[..., *obs_shape] -> [..., encoded_size]`` (one call)."""
         if self.x_mean is not None:

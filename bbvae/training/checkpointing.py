@@ -102,6 +102,8 @@ class TrainerCheckpointing:
             "world_size": self._world,
             "model_state": _clone_state(self.loss.state_dict()),
             "optimizer_state": copy.deepcopy(self.optimizer_.state_dict()),
+            "lr_schedule_state": copy.deepcopy(self.lr_schedule_.state_dict()),
+            "average_state": None if self.average_ is None else self.average_.state_dict(),
             "step": self.n_iter_,
             "epoch": self.n_epochs_,
             "batch_in_epoch": self._batch_in_epoch,
@@ -122,8 +124,14 @@ class TrainerCheckpointing:
     def _restore(self, state: dict[str, Any]) -> None:
         self.loss.load_state_dict(state["model_state"])
         self.optimizer_.load_state_dict(copy.deepcopy(state["optimizer_state"]))
-        for group in self.optimizer_.param_groups:
-            group["lr"] = self.learning_rate
+        schedule_state = state.get("lr_schedule_state")
+        if schedule_state is not None:
+            self.lr_schedule_.load_state_dict(copy.deepcopy(schedule_state))
+        if not self._scheduled():  # a constant learning rate may be changed on resume
+            for group in self.optimizer_.param_groups:
+                group["lr"] = self.learning_rate
+        if self.average_ is not None:
+            self.average_.load_state_dict(state["average_state"])
         self.n_iter_ = state["step"]
         self.n_epochs_ = state["epoch"]
         self._batch_in_epoch = state["batch_in_epoch"]
@@ -176,7 +184,9 @@ class TrainerCheckpointing:
     def _check_compatible(self, state: dict[str, Any], path: Path) -> None:
         saved, current = state["config"], self.config()
         problems = []
-        for key in ("optimizer", "optimizer_kwargs", "batch_size", "use_inputs"):
+        keys = ("optimizer", "optimizer_kwargs", "batch_size", "use_inputs", "ema_decay")
+        keys += ("lr_schedule", "lr_schedule_kwargs", "warmup_steps", "warmup_start_factor")
+        for key in keys:
             if _normalise(saved.get(key)) != _normalise(current[key]):
                 problems.append(f"{key}={saved.get(key)!r} there, {current[key]!r} here")
         if self.seed is not None and saved.get("seed") != self.seed:
@@ -211,6 +221,9 @@ class TrainerCheckpointing:
         if self._logdir is not None and self._is_main:
             self.checkpoint_path_ = save_checkpoint(state, self._logdir / LAST_CHECKPOINT)
             self._written_step = self.n_iter_
+
+    def _scheduled(self) -> bool:
+        return self.lr_schedule not in (None, "constant") or self.warmup_steps > 0
 
     def _save_best(self) -> None:
         if self.restore_best:

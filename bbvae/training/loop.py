@@ -6,6 +6,7 @@ clipping, ``optimizer.step()``; the step losses are read (one device sync) only 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -129,6 +130,9 @@ class TrainingLoop:
         if self.clip_grad_norm is not None:
             nn.utils.clip_grad_norm_(self._params, self.clip_grad_norm)
         self.optimizer_.step()
+        self.lr_schedule_.after_step()
+        if self.average_ is not None:
+            self.average_.update()
         self.n_iter_ = step
         self._pending.append(value.detach())
 
@@ -147,19 +151,26 @@ class TrainingLoop:
         self.loss_history_.extend(floats)
 
     def _evaluate_and_track(self, valid, valid_data) -> None:
-        value = self.evaluate(valid_data if self.evaluate_fn is not None else valid)
-        self.valid_history_.append(value)
-        self.valid_steps_.append(self.n_iter_)
-        improved = self.best_valid_ is None or value > self.best_valid_ + self.min_delta
-        if improved:  # NaN never improves
-            self.best_valid_, self.best_step_ = value, self.n_iter_
-            self._bad_evals = 0
-            self._save_best()
-        else:
-            self._bad_evals += 1
-        self._write_row(value)
-        for cb in self.callbacks:
-            cb.on_evaluate(self, self.n_iter_, value)
+        # With weight averaging, the average is the model being validated and selected.
+        with self._averaged():
+            value = self.evaluate(valid_data if self.evaluate_fn is not None else valid)
+            self.valid_history_.append(value)
+            self.valid_steps_.append(self.n_iter_)
+            improved = self.best_valid_ is None or value > self.best_valid_ + self.min_delta
+            if improved:  # NaN never improves
+                self.best_valid_, self.best_step_ = value, self.n_iter_
+                self._bad_evals = 0
+                self._save_best()
+            else:
+                self._bad_evals += 1
+            self._write_row(value)
+            for cb in self.callbacks:  # (they see the model that was validated)
+                cb.on_evaluate(self, self.n_iter_, value)
+        self.lr_schedule_.after_validation(value)
+
+    def _averaged(self):
+        """A context in which the parameters hold their moving average (no-op without one)."""
+        return self.average_.swapped_in() if self.average_ is not None else contextlib.nullcontext()
 
     def _finish(self) -> None:
         # The checkpoint comes before the closing log row, which a resumed run drops and
@@ -170,4 +181,6 @@ class TrainingLoop:
             self._write_row(None)
         if self.restore_best and self._best_model_state is not None:
             self.loss.load_state_dict(self._best_model_state)
+        elif self.average_ is not None:
+            self.average_.copy_to_params()
         self._elapsed = self._elapsed_now()

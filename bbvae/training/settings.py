@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int
+from bbvae.training.averaging import check_ema_decay
 from bbvae.training.callbacks import Callback
 from bbvae.training.checkpointing import qualname
+from bbvae.training.schedules import check_schedule
 
 __all__ = ["OPTIMIZERS", "TrainerSettings"]
 
@@ -80,6 +82,15 @@ class TrainerSettings:
             raise ValueError(f"{name}: expected log_format in {LOG_FORMATS}, got {self.log_format!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"{name}: expected seed to be an int or None, got {type(self.seed).__name__}")
+        check_schedule(
+            self.lr_schedule,
+            self.lr_schedule_kwargs,
+            self.warmup_steps,
+            self.warmup_start_factor,
+            self.max_steps,
+            name,
+        )
+        check_ema_decay(self.ema_decay, name)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(
@@ -107,6 +118,11 @@ class TrainerSettings:
             "log_format": self.log_format,
             "use_inputs": self.use_inputs,
             "length_bucketing": self.length_bucketing,
+            "lr_schedule": self.lr_schedule if not callable(self.lr_schedule) else qualname(self.lr_schedule),
+            "lr_schedule_kwargs": dict(self.lr_schedule_kwargs or {}),
+            "warmup_steps": self.warmup_steps,
+            "warmup_start_factor": float(self.warmup_start_factor),
+            "ema_decay": self.ema_decay,
         }
 
     def _parameters(self) -> list[nn.Parameter]:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from bbvae import distributed
 from bbvae.data.batching import SequenceBatch
+from bbvae.training.averaging import ParameterAverage
 from bbvae.training.callbacks import Callback
 from bbvae.training.checkpointing import TrainerCheckpointing
 from bbvae.training.data import EpochBatches, as_dataset
@@ -26,6 +27,7 @@ from bbvae.training.evaluation import TrainerEvaluation
 from bbvae.training.logs import TrainerLogging
 from bbvae.training.loop import TrainingLoop
 from bbvae.training.rng import set_seed
+from bbvae.training.schedules import LearningRateSchedule
 from bbvae.training.settings import TrainerSettings
 
 __all__ = ["Trainer"]
@@ -61,6 +63,18 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             :meth:`fit`.
         restore_best: at the end of :meth:`fit`, load the parameters of the best validation
             (needs ``valid_data``).
+        lr_schedule: ``None``/``"constant"``, ``"plateau"`` (reduce on a plateau of the validation
+            bound, stepped at validations), ``"cosine"`` (over ``max_steps - warmup_steps``),
+            ``"step"``, or a callable ``optimizer -> torch LR scheduler`` stepped every optimizer
+            step (see :mod:`bbvae.training.schedules`). The learning rate is logged (``lr``).
+        lr_schedule_kwargs: keywords of the scheduler (``factor``, ``patience`` for plateau;
+            ``T_max``, ``eta_min`` for cosine; ``step_size``, ``gamma`` for step).
+        warmup_steps: linear warm-up of the learning rate over this many first steps.
+        warmup_start_factor: the warm-up starts at this fraction of ``learning_rate``.
+        ema_decay: keep an exponential moving average of the parameters with this decay (e.g.
+            0.999; None: off). The average is what validation scores, what ``best.pt`` and early
+            stopping select, and the model left in place at the end of :meth:`fit`
+            (see :mod:`bbvae.training.averaging`).
         logdir: directory for ``last.pt``, ``best.pt`` and ``log.jsonl`` / ``log.csv``
             (None: nothing is written).
         checkpoint_every: steps between checkpoints (``last.pt`` when ``logdir`` is set, and
@@ -92,7 +106,10 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         valid_history_ (list[float]): the validation bounds, in order.
         valid_steps_ (list[int]): the step at which each validation bound was computed.
         best_valid_ (float | None): the best validation bound (None without validation).
-        best_step_ (int | None): the step at which it was reached.
+        best_step_ (int | None): the step at which it was reached (the chosen model's step when
+            ``restore_best``).
+        lr_schedule_ (LearningRateSchedule): the schedulers of the last :meth:`fit`.
+        average_ (ParameterAverage | None): the parameters' moving average (``ema_decay`` set).
         n_iter_ (int): optimizer steps taken (over resumes).
         n_epochs_ (int): complete passes over the training data.
         stop_reason_ (str): ``"max_steps"``, ``"max_epochs"``, ``"early_stopping"`` or
@@ -121,6 +138,11 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         min_delta: float = 0.0,
         evaluate_fn: Callable[[nn.Module, Any], float] | None = None,
         restore_best: bool = False,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict[str, Any] | None = None,
+        warmup_steps: int = 0,
+        warmup_start_factor: float = 0.01,
+        ema_decay: float | None = None,
         logdir: str | os.PathLike | None = None,
         checkpoint_every: int = 1000,
         seed: int | None = 0,
@@ -147,6 +169,11 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.min_delta = min_delta
         self.evaluate_fn = evaluate_fn
         self.restore_best = restore_best
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.warmup_start_factor = warmup_start_factor
+        self.ema_decay = ema_decay
         self.logdir = logdir
         self.checkpoint_every = checkpoint_every
         self.seed = seed
@@ -219,6 +246,15 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self._device = params[0].device
         self._dtype = params[0].dtype
         self.optimizer_ = self._make_optimizer(params)
+        self.lr_schedule_ = LearningRateSchedule(
+            self.optimizer_,
+            self.lr_schedule,
+            self.lr_schedule_kwargs,
+            self.warmup_steps,
+            self.warmup_start_factor,
+            self.max_steps,
+        )
+        self.average_ = None if self.ema_decay is None else ParameterAverage(params, self.ema_decay)
         self.stop_training = False
         self._logdir = None if self.logdir is None else Path(self.logdir)
 
