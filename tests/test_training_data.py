@@ -237,3 +237,28 @@ def test_sequence_model_fits_a_dataloader_and_a_dataset():
         a = SequenceModel(**common).fit(SequenceDataset(seqs))
     b = SequenceModel(**common).fit(seqs)
     assert a.loss_history_ == b.loss_history_  # a Dataset trains like the list it holds
+
+
+def test_a_version_1_checkpoint_resumes_exactly(tmp_path):
+    # Version 1 kept the generator's state at the epoch's start instead of the epoch's order.
+    from bbvae.checkpoint import load_checkpoint, save_checkpoint
+
+    seqs = _sequences(24, seed=6)
+    common = dict(learning_rate=0.02, batch_size=4, checkpoint_every=100, seed=5, **QUIET)
+    full = FramewiseIWAE(1)
+    Trainer(full, max_steps=9, **common).fit(SequenceDataset(seqs))
+    part = FramewiseIWAE(1)
+    Trainer(part, max_steps=4, logdir=tmp_path, **common).fit(
+        SequenceDataset(seqs)
+    )  # in epoch 1 of 6 batches
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["version"] == 2 and state["batch_in_epoch"] == 4
+    del state["epoch_order"], state["generator_state"]
+    state["version"] = 1
+    state["epoch_generator_state"] = torch.Generator().manual_seed(5).get_state()  # the first epoch's start
+    save_checkpoint(state, tmp_path / "last.pt")
+    resumed = FramewiseIWAE(7)
+    Trainer(resumed, max_steps=9, logdir=tmp_path, **common).fit(SequenceDataset(seqs), resume=True)
+    assert resumed.seen == full.seen[4:]
+    for name, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
