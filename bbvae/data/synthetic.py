@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bbvae.data.batching import SequenceBatch, batch_indices
+from bbvae.data.batching import SequenceBatch, batch_indices, collate_sequences
 from bbvae.data.datasets import SequenceDataset
 
 __all__ = ["SyntheticData", "gaussian_hmm_data"]
@@ -78,9 +78,8 @@ class SyntheticData:
 
 def pad_sequences(seqs: list[torch.Tensor], *, dtype=torch.float32, device=None) -> SequenceBatch:
     """Stack ``[T_i, ...]`` tensors into ``x`` ``[B, max T_i, ...]`` with zeros past each length."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
-    x = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True).to(dtype=dtype, device=device)
-    return SequenceBatch(x, lengths, None)
+    batch = collate_sequences(seqs)
+    return SequenceBatch(batch.x.to(dtype=dtype, device=device), batch.lengths.to(device), None)
 
 
 def gaussian_hmm_data(
