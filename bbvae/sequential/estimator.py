@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from bbvae.data.datasets import SequenceDataset
 from bbvae.estimator_base import (
     EstimatorMixin,
+    check_int,
     check_is_fitted,
     make_trainer,
     trainer_results,
@@ -344,12 +345,15 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
             total = float(self._bounds(seqs).sum())
         return total / sum(s.shape[0] for s in seqs)
 
-    def score_samples(self, X, split: str = "test") -> torch.Tensor:
+    def score_samples(self, X, split: str = "test", random_state: int | None = None) -> torch.Tensor:
         """The bound (``eval_bound``, ``n_samples_eval`` particles) of every sequence, nats per sequence.
 
         Args:
             X: sequences (see the module docstring); for a data set, its split ``split``.
             split: the split of a data set to score.
+            random_state: an int to draw the Monte Carlo noise from a generator seeded with it
+                (two calls then give the same numbers; the global generators are left as they
+                were); None draws from the global generators.
 
         Returns:
             ``[N]`` float64 tensor on the CPU.
@@ -357,15 +361,24 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         check_is_fitted(self, "score_samples")
         where = f"{type(self).__name__}.score_samples"
         seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
-        return self._bounds(seqs)
+        return self._seeded_bounds(seqs, random_state, where)
 
-    def score(self, X, y=None, split: str = "test") -> float:
+    def score(self, X, y=None, split: str = "test", random_state: int | None = None) -> float:
         """The bound in **nats per time step**: the sum of the sequences' bounds over the total length.
 
         This is how sequence-model papers (and the FIVO reference) report bounds; it is not the
         mean of :meth:`score_samples` (nats per sequence) unless all sequences have one step.
+        ``random_state``: see :meth:`score_samples`.
         """
         check_is_fitted(self, "score")
         where = f"{type(self).__name__}.score"
         seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
-        return float(self._bounds(seqs).sum()) / sum(s.shape[0] for s in seqs)
+        return float(self._seeded_bounds(seqs, random_state, where).sum()) / sum(s.shape[0] for s in seqs)
+
+    def _seeded_bounds(self, seqs: list[torch.Tensor], random_state: int | None, where: str) -> torch.Tensor:
+        if random_state is None:
+            return self._bounds(seqs)
+        check_int("random_state", random_state, where, minimum=0)
+        param = next(iter(self.model_.parameters()), None)
+        with _seeded(random_state, param.device if param is not None else torch.device("cpu")):
+            return self._bounds(seqs)

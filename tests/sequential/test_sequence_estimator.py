@@ -232,3 +232,21 @@ def test_load_restores_a_fit_from_its_checkpoint(synthetic, tmp_path):
     assert torch.equal(loaded.score_samples(synthetic), est.score_samples(synthetic))
     with pytest.raises(ValueError, match="does not match this model"):
         SequenceModel(**{**params, "latent_size": 5}).load(synthetic, tmp_path / "last.pt")
+
+
+def test_score_with_a_random_state_repeats_and_leaves_the_global_stream_alone():
+    from bbvae.data import PianoRollData
+
+    data = PianoRollData.load()
+    est = SequenceModel(latent_size=4, max_steps=2, random_state=0).fit(data)
+    torch.manual_seed(11)
+    expected_next = torch.rand(3)
+    torch.manual_seed(11)
+    first = est.score(data, split="valid", random_state=3)
+    assert torch.equal(torch.rand(3), expected_next)  # the global generator did not move
+    assert est.score(data, split="valid", random_state=3) == first
+    assert est.score(data, split="valid", random_state=4) != first
+    per_sequence = est.score_samples(data, split="valid", random_state=3)
+    assert torch.equal(per_sequence, est.score_samples(data, split="valid", random_state=3))
+    with pytest.raises(ValueError, match="random_state"):
+        est.score(data, random_state=-1)
