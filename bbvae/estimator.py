@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bbvae._validation import shape_str
 from bbvae.estimator_base import (
@@ -233,7 +234,9 @@ class VAE(EstimatorMixin):
         check_random_state(self.random_state, where)
         return loss_cls, resolve_device(self.device, where)
 
-    def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor:
+    def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor | Dataset | DataLoader:
+        if isinstance(X, (Dataset, DataLoader)):
+            return X  # rows as they come (float batches take the model's dtype in the trainer)
         if isinstance(X, np.ndarray):
             X = torch.as_tensor(X)
         if not isinstance(X, torch.Tensor):
@@ -256,7 +259,9 @@ class VAE(EstimatorMixin):
 
         Args:
             X: data ``[N, *obs_shape]`` (Tensor or numpy array; floats take the dtype of
-                ``gen_model``'s parameters and must be finite).
+                ``gen_model``'s parameters and must be finite), or a torch ``Dataset`` of rows
+                ``[*obs_shape]`` or a ``DataLoader`` of batches ``[B, *obs_shape]`` (its sampler,
+                workers and pinning decide the batches).
             y: ignored (scikit-learn API).
             X_valid: optional validation rows, evaluated every ``eval_every`` steps (or every
                 epoch) for ``valid_history_`` and early stopping.
@@ -276,17 +281,18 @@ class VAE(EstimatorMixin):
             inf_net.to(device)
             gen_model.to(device)
         X = self._as_data(X, where, gen_model)
+        obs_shape = _row_shape(X, where)
         if X_valid is not None:
             X_valid = self._as_data(X_valid, where, gen_model)
-            if X_valid.shape[1:] != X.shape[1:]:
+            if _row_shape(X_valid, where) != obs_shape:
                 raise ValueError(
-                    f"{where}: X_valid rows have shape {shape_str(list(X_valid.shape[1:]))}, "
-                    f"but X rows have {shape_str(list(X.shape[1:]))}"
+                    f"{where}: X_valid rows have shape {shape_str(list(_row_shape(X_valid, where)))}, "
+                    f"but X rows have {shape_str(list(obs_shape))}"
                 )
         loss = loss_cls(inf_net, gen_model, n_samples=self.n_samples, **(self.loss_options or {}))
         trainer = make_trainer(self, loss, where)  # checks the callbacks first
         self.inf_net_, self.gen_model_, self.loss_ = inf_net, gen_model, loss
-        self.obs_shape_ = tuple(X.shape[1:])
+        self.obs_shape_ = obs_shape
         trainer.fit(X, X_valid, resume=resume)
         trainer_results(self, trainer)
         inf_net.eval()
@@ -367,6 +373,27 @@ class VAE(EstimatorMixin):
         check_int("n", n, f"{type(self).__name__}.sample")
         x, z = self.gen_model_.sample(n)
         return x.cpu(), z.cpu()
+
+
+def _row_shape(X, where: str) -> tuple[int, ...]:
+    """The shape of one data point of a Tensor ``[N, ...]``, a Dataset of rows or a DataLoader."""
+    if isinstance(X, torch.Tensor):
+        return tuple(X.shape[1:])
+    if isinstance(X, DataLoader):
+        if isinstance(X.dataset, IterableDataset) or X.batch_size is None:
+            batch = next(iter(X))
+            batch = batch[0] if isinstance(batch, (list, tuple)) else batch
+            return tuple(torch.as_tensor(batch).shape[1:])
+        X = X.dataset
+    if len(X) == 0:
+        raise ValueError(f"{where}: the Dataset holds no data point")
+    row = X[0]
+    row = row[0] if isinstance(row, (list, tuple)) and len(row) == 1 else row
+    if not isinstance(row, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            f"{where}: expected the Dataset's items to be Tensors [*obs_shape], got {type(row).__name__}"
+        )
+    return tuple(torch.as_tensor(row).shape)
 
 
 def _device_of(module: nn.Module, default: torch.Tensor) -> torch.device:

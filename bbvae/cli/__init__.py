@@ -1,4 +1,4 @@
-"""The ``bbvae`` command line: ``bbvae train | eval | sample`` for sequence models.
+"""The ``bbvae`` command line: ``bbvae train | eval | sample | plot`` for sequence models.
 
 A command-line runner in the manner of the FIVO reference (tensorflow/models, research/fivo,
 ``run_fivo.py``), built on :class:`~bbvae.sequential.estimator.SequenceModel`::
@@ -6,6 +6,7 @@ A command-line runner in the manner of the FIVO reference (tensorflow/models, re
     bbvae train --logdir runs/jsb --max-steps 20000          # VRNN + FIVO on the embedded JSB chorales
     bbvae eval --logdir runs/jsb --split test                 # ELBO / IWAE / FIVO, nats per step and sequence
     bbvae sample --logdir runs/jsb --prefix-length 25 --sample-length 50
+    bbvae plot runs/jsb                                       # bounds.png, ess.png, samples.png
 
 ``train`` writes ``config.json`` (the model, data and training settings), the trainer's
 ``last.pt`` (and ``best.pt`` with validation) checkpoints and ``log.jsonl`` to ``--logdir``;
@@ -43,13 +44,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bbvae.cli import evaluate, sample, train
+from bbvae.cli import evaluate, plot, sample, train
 from bbvae.cli.common import PROG, Parser, UsageError, any_int, positive_int
 
 __all__ = ["main", "build_parser"]
 
 #: The commands: name -> module with ``add_parser(commands, common)`` and ``run(args) -> int``.
-COMMANDS = {"train": train, "eval": evaluate, "sample": sample}
+COMMANDS = {"train": train, "eval": evaluate, "sample": sample, "plot": plot}
 
 
 def build_parser():
@@ -59,7 +60,7 @@ def build_parser():
         description="Train, evaluate and sample sequence models (VRNN, SRNN, RNN, GaussianHMM) with "
         "ELBO, IWAE, FIVO, VIMCO, NVIL or RWS.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,sample}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,sample,plot}")
     commands.required = True
 
     common = Parser(add_help=False)

@@ -87,6 +87,11 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="cut sequences to their first N steps (text: pieces of N characters, default 100)",
     )
+    train.add_argument(
+        "--length-bucketing",
+        type=positive_int,
+        help="batch sequences of similar length: sort random pools of N batches by length (less padding)",
+    )
     train.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm")
     train.add_argument(
         "--optimizer", choices=("adam", "adamw", "sgd", "rmsprop", "adagrad"), help="optimizer (default adam)"
@@ -138,6 +143,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: when stderr is a terminal)",
+    )
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write the log's scalars for TensorBoard to LOGDIR/tensorboard "
+        "(pip install 'bbvae[tensorboard]')",
     )
 
 
@@ -216,6 +227,10 @@ def run(args: argparse.Namespace) -> int:
             write_config(logdir, s)
 
     callbacks = [_ConfigWriter()] + ([] if progress else [_Printer()])
+    if args.tensorboard:
+        from bbvae.training import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(logdir / "tensorboard"))
     est = make_estimator(s, device, logdir, progress, callbacks=callbacks)
     print(
         f"bbvae train: {s['model']} with {s['bound']} ({s['num_samples']} samples) on {describe_data(s)}; "

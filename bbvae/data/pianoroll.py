@@ -28,7 +28,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .batching import SequenceBatch, batch_indices
+from .batching import SequenceBatch, batch_indices, collate_sequences
+from .datasets import SequenceDataset
 from .pianoroll_pickle import (
     HIGHEST_NOTE,
     JSB_CHORALES_SHA256,
@@ -49,6 +50,7 @@ __all__ = [
     "NUM_KEYS",
     "SPLITS",
     "PianoRollData",
+    "PianoRollDataset",
     "PianoRollFormatError",
     "load_pianoroll",
     "notes_to_roll",
@@ -108,24 +110,9 @@ def pianoroll_batch(
     """
     _check_float_dtype(dtype)
     arrays = _as_rolls(rolls, "rolls")
-    B, D = len(arrays), arrays[0].shape[1]
-    lens = [a.shape[0] for a in arrays]
-    padded = np.zeros((B, max(lens), D), dtype=np.result_type(*arrays))
-    for b, a in enumerate(arrays):
-        padded[b, : lens[b]] = a
-    x = torch.as_tensor(padded, dtype=dtype, device=device)  # [B, T, D]
-    lengths = torch.as_tensor(lens, dtype=torch.long, device=device)  # [B]
-    centred = x
-    if mean is not None:
-        mean_t = torch.as_tensor(mean, dtype=dtype, device=device)
-        if mean_t.shape != (D,):
-            raise ValueError(f"mean: expected shape [{D}], got {list(mean_t.shape)}")
-        centred = x - mean_t  # [B, T, D]
-    inputs = torch.zeros_like(x)
-    inputs[:, 1:] = centred[:, :-1]
-    batch = SequenceBatch(x, lengths, inputs)
-    inputs.masked_fill_(~batch.mask.unsqueeze(-1), 0.0)  # zero past each length
-    return batch
+    data = PianoRollDataset(arrays, mean=mean, dtype=dtype)
+    batch = collate_sequences([data[i] for i in range(len(data))])
+    return SequenceBatch(*(t.to(device) for t in batch))
 
 
 def pianoroll_batches(
@@ -167,6 +154,42 @@ def pianoroll_batches(
         sort_by_length=sort_by_length,
     )
     return (pianoroll_batch([arrays[i] for i in idx], mean=mean, dtype=dtype, device=device) for idx in order)
+
+
+class PianoRollDataset(SequenceDataset):
+    """Piano rolls as a sequence Dataset (see :mod:`bbvae.data.datasets`), FIVO-style inputs.
+
+    Items are ``(x_i, inputs_i)``: ``x_i`` ``[T_i, D]`` the 0/1 frames in ``dtype`` and
+    ``inputs_i`` ``[T_i, D]`` with ``inputs_i[0] = 0`` and ``inputs_i[t] = x_i[t - 1] - mean``;
+    with ``inputs=False`` items are ``x_i`` alone.
+
+    Args:
+        rolls: ``N`` arrays ``[T_i, D]`` of 0/1 frames, ``T_i >= 1``.
+        mean: ``[D]`` subtracted from the inputs (:attr:`PianoRollData.train_mean`), or None.
+        inputs: give the shifted, centred frames as side inputs.
+        dtype: floating dtype of the items.
+    """
+
+    def __init__(
+        self, rolls: Sequence[np.ndarray], *, mean=None, inputs: bool = True, dtype=torch.float32
+    ) -> None:
+        _check_float_dtype(dtype)
+        super().__init__(_as_rolls(rolls, "rolls"))
+        width = self.sequences[0].shape[1]
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=dtype)
+        if self.mean is not None and self.mean.shape != (width,):
+            raise ValueError(f"mean: expected shape [{width}], got {list(self.mean.shape)}")
+        self.with_inputs = inputs
+        self.dtype = dtype
+
+    def __getitem__(self, index: int):
+        x = self.sequences[index].to(self.dtype)  # [T, D]
+        if not self.with_inputs:
+            return x
+        centred = x if self.mean is None else x - self.mean
+        inputs = torch.zeros_like(x)
+        inputs[1:] = centred[:-1]
+        return x, inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,6 +250,12 @@ class PianoRollData:
         for a in self.train:
             total += a.sum(axis=0, dtype=np.int64)
         return total / self.num_steps("train")
+
+    def dataset(
+        self, name: str, *, inputs: bool = True, dtype: torch.dtype = torch.float32
+    ) -> PianoRollDataset:
+        """Split ``name`` as a :class:`PianoRollDataset`, inputs centred by :attr:`train_mean`."""
+        return PianoRollDataset(self.split(name), mean=self.train_mean, inputs=inputs, dtype=dtype)
 
     def batches(
         self,

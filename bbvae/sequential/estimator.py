@@ -12,6 +12,10 @@ Data ``X`` may be
   :class:`~bbvae.data.SyntheticData` (``fit`` uses the ``"train"`` split, and ``"valid"`` for
   validation when ``eval_every`` or ``patience`` is set; ``score`` takes a ``split``, by default
   ``"test"``); text is cut into pieces of ``max_length`` characters (100 by default);
+* a torch ``Dataset`` of sequences (items ``x_i`` or ``(x_i, inputs_i)``, see
+  :mod:`bbvae.data.datasets`), or a ``DataLoader`` over one: ``fit`` then trains on the
+  DataLoader's batches as they come (its sampler, workers, pinning; ``max_length`` does not cut
+  them) and reads the model's statistics from its Dataset;
 * a list of ``N`` tensors or arrays ``[T_i, D]`` (float) or ``[T_i]`` (integer symbols), ragged;
 * a :class:`~bbvae.data.SequenceBatch` (``x [N, T, ...]``, ``lengths [N]``), or a Tensor
   ``[N, T, ...]`` of equal-length sequences.
@@ -28,8 +32,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from bbvae.data.batching import collate_sequences
+from bbvae.data.datasets import SequenceDataset
 from bbvae.estimator_base import (
     EstimatorMixin,
     check_int,
@@ -37,10 +42,11 @@ from bbvae.estimator_base import (
     make_trainer,
     trainer_results,
 )
-from bbvae.sequential.base import SequentialModel, generate
+from bbvae.sequential.base import SequentialModel
 from bbvae.sequential.bounds import EVAL_BOUNDS, sequence_bounds
 from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS, SequenceModelBuilder
 from bbvae.sequential.estimator_data import is_dataset, is_text, to_sequences
+from bbvae.sequential.estimator_sampling import SequenceModelSampling
 from bbvae.training import Callback
 
 __all__ = [
@@ -71,7 +77,7 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-class SequenceModel(SequenceModelBuilder, EstimatorMixin):
+class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin):
     """A latent sequence model fit by a variational bound, with the scikit-learn estimator API.
 
     ``fit`` trains a freshly built model (or a **deep copy** of the ``model`` instance given), so
@@ -116,6 +122,8 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
             training only, see :class:`~bbvae.sequential.VRNN`).
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
+        length_bucketing: batch sequences of similar length (pools of this many batches sorted by
+            length, see :class:`~bbvae.training.Trainer`); None: plain shuffling.
         eval_bound: the bound :meth:`score` reports (``"elbo"``, ``"iwae"``, ``"fivo"``,
             ``"exact"``); None: the one the training objective estimates (FIVO for ``"fivo"``,
             IWAE for ``"iwae"``, ``"vimco"``, ``"rws"``, the ELBO for ``"elbo"``, ``"nvil"``).
@@ -183,6 +191,7 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         ema_decay: float | None = None,
         dropout: float = 0.0,
         max_length: int | None = None,
+        length_bucketing: int | None = None,
         eval_bound: str | None = None,
         n_samples_eval: int | None = None,
         eval_every: int | None = None,
@@ -220,6 +229,7 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         self.ema_decay = ema_decay
         self.dropout = dropout
         self.max_length = max_length
+        self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
@@ -257,8 +267,14 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         elif is_dataset(X) and (self.eval_every is not None or self.patience is not None):
             if not is_text(X) or len(X.split("valid")) > 0:
                 valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)
-        trainer = make_trainer(self, self.loss_, where, evaluate_fn=self._validation_bound)
-        trainer.fit(train, valid, resume=resume)
+        trainer = make_trainer(
+            self,
+            self.loss_,
+            where,
+            evaluate_fn=self._validation_bound,
+            length_bucketing=self.length_bucketing,
+        )
+        trainer.fit(X if isinstance(X, DataLoader) else SequenceDataset(train), valid, resume=resume)
         trainer_results(self, trainer)
         self.model_.eval()
         return self
@@ -366,75 +382,3 @@ class SequenceModel(SequenceModelBuilder, EstimatorMixin):
         param = next(iter(self.model_.parameters()), None)
         with _seeded(random_state, param.device if param is not None else torch.device("cpu")):
             return self._bounds(seqs)
-
-    # ------------------------------------------------------------------ sampling
-    def sample(self, n: int = 1, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` sequences ancestrally from the trained model.
-
-        Args:
-            n: number of sequences.
-            length: steps per sequence (None: ``max_length`` if set, else the mean training
-                length ``mean_length_``).
-
-        Returns:
-            ``(x [n, length, *obs_shape], z [n, length, *latent_shape])`` on the CPU (x is long for
-            symbols).
-        """
-        check_is_fitted(self, "sample")
-        where = f"{type(self).__name__}.sample"
-        check_int("n", n, where)
-        length = self._default_length(length, where)
-        x, z = generate(self.model_, n, length=length)
-        return x.cpu(), z.cpu()
-
-    def sample_continuations(
-        self, prefixes, n_samples: int = 1, length: int | None = None, n_particles: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continue each prefix: filter it with a particle filter, then sample ahead ancestrally.
-
-        Args:
-            prefixes: ``B`` beginnings, a list of ``[P_i, *obs_shape]`` tensors, a SequenceBatch or a
-                Tensor ``[B, P, *obs_shape]`` (each continuation starts after its own prefix).
-            n_samples: continuations per prefix.
-            length: steps to generate (None: as in :meth:`sample`).
-            n_particles: particles of the filter (None: ``max(n_samples_eval or n_samples, 16)``).
-
-        Returns:
-            ``(x [B, n_samples, length, *obs_shape], z [B, n_samples, length, *latent_shape])`` on
-            the CPU.
-        """
-        from bbvae.sequential.sampling import sample_continuations
-
-        check_is_fitted(self, "sample_continuations")
-        where = f"{type(self).__name__}.sample_continuations"
-        check_int("n_samples", n_samples, where)
-        check_int("n_particles", n_particles, where, optional=True)
-        length = self._default_length(length, where)
-        seqs = self._check_sequences(to_sequences(prefixes, "test", None, where), where)
-        batch = collate_sequences(seqs)
-        param = next(iter(self.model_.parameters()))
-        x = batch.x.to(param.device)
-        if x.is_floating_point():
-            x = x.to(param.dtype)
-        was_training = self.model_.training
-        self.model_.eval()
-        try:
-            xs, zs = sample_continuations(
-                self.model_,
-                x,
-                n_samples,
-                length,
-                lengths=batch.lengths.to(param.device),
-                n_particles=n_particles or max(self.n_samples_eval or self.n_samples, 16),
-                resampling=self.resampling,
-                ess_threshold=self.ess_threshold,
-            )
-        finally:
-            self.model_.train(was_training)
-        return xs.cpu(), zs.cpu()
-
-    def _default_length(self, length: int | None, where: str) -> int:
-        if length is None:
-            return self.max_length or self.mean_length_
-        check_int("length", length, where)
-        return length

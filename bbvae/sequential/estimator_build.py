@@ -73,6 +73,7 @@ class SequenceModelBuilder:
         if self.dropout >= 1:
             raise ValueError(f"{where}: expected dropout in [0, 1), got {self.dropout}")
         check_int("max_length", self.max_length, where, optional=True)
+        check_int("length_bucketing", self.length_bucketing, where, optional=True)
         if self.eval_bound is not None:
             check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
         check_int("n_samples_eval", self.n_samples_eval, where, optional=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bbvae._validation import shape_str
 from bbvae.data.batching import SequenceBatch
@@ -47,7 +48,17 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
     Sequences longer than ``max_length`` are cut to their first ``max_length`` steps (text data
     sets are cut into pieces of ``max_length`` characters instead).
     """
-    if is_text(X):
+    if isinstance(X, DataLoader):
+        X = X.dataset
+    if isinstance(X, IterableDataset):
+        raise TypeError(
+            f"{where}: got an IterableDataset; the model is built from statistics of all the training "
+            "sequences, so pass a map-style Dataset (or a DataLoader over one)"
+        )
+    if isinstance(X, Dataset):
+        items = (X[i] for i in range(len(X)))
+        seqs = [item[0] if isinstance(item, (tuple, list)) else item for item in items]
+    elif is_text(X):
         seqs = list(X.sequences(split, max_length or _DEFAULT_TEXT_LENGTH))
         max_length = None
     elif is_dataset(X):
@@ -69,8 +80,9 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
         seqs = list(X)
     else:
         raise TypeError(
-            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a list of [T, ...] "
-            f"sequences, a SequenceBatch or a Tensor [N, T, ...], got {type(X).__name__}"
+            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a torch Dataset or "
+            f"DataLoader of sequences, a list of [T, ...] sequences, a SequenceBatch or a Tensor "
+            f"[N, T, ...], got {type(X).__name__}"
         )
     if not seqs:
         raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")

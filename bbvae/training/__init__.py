@@ -7,26 +7,20 @@ the loss owns, such as NVIL's baseline; shared parameters count once). One step 
 ``optimizer.step()``; nothing reads a tensor's value in the step, so accelerators never wait for
 the host, except at logging points (every ``log_every`` steps), evaluations and checkpoints.
 
-Data, the "batch source" protocol
----------------------------------
-Anything with ``batches(batch_size, *, shuffle, generator)`` returning an iterable of batches is
-a batch source; a batch is either
+Data: torch.utils.data
+----------------------
+Training and validation data are ``torch.utils.data`` Datasets or DataLoaders (Tensors, lists of
+sequences and whole-split SequenceBatches are turned into Datasets); see
+:mod:`bbvae.training.data` for what is accepted and for exact resumption. A batch is either
 
 * a Tensor ``[batch, *obs_shape]`` (static models): the step calls ``loss(x)``, or
 * a :class:`~bbvae.data.SequenceBatch` ``(x [batch, T, *obs], lengths [batch], inputs)``: the step
   calls ``loss(x, lengths=lengths)``, plus ``inputs=inputs`` when the trainer has
   ``use_inputs=True``.
 
-Batches living on another device than the loss's parameters are moved there (the trainer
-never picks a device itself). For exact resumption the batch order must depend only on
-``generator`` (a seeded CPU ``torch.Generator`` the trainer owns). :func:`as_batch_source`
-adapts the usual containers:
-
-* a Tensor ``[N, ...]`` -> :class:`TensorData` (rows, reshuffled each epoch);
-* a list of Tensors / arrays ``[T_i, *obs]`` -> :class:`SequenceData` (padded ragged sequences);
-* a :class:`~bbvae.data.SequenceBatch` holding a whole split -> :class:`PaddedSequenceData`;
-* a split of :class:`~bbvae.data.PianoRollData` or :class:`~bbvae.data.TextData`:
-  wrap it as ``DatasetSplit(data, "train")`` (``DatasetSplit(text, "train", seq_len=100)``).
+Batches living on another device than the loss's parameters are moved there, and float batches
+take the parameters' dtype (the trainer never picks a device itself). The data sets of
+:mod:`bbvae.data` give their splits as Datasets: ``Trainer(...).fit(data.dataset("train"))``.
 
 Validation
 ----------
@@ -54,17 +48,11 @@ from bbvae.training.checkpointing import (
     LAST_CHECKPOINT,
     NonFiniteLossError,
 )
-from bbvae.training.data import (
-    BatchSource,
-    DatasetSplit,
-    PaddedSequenceData,
-    SequenceData,
-    TensorData,
-    as_batch_source,
-)
+from bbvae.training.data import DatasetSplit, SequenceData, as_dataset
 from bbvae.training.interrupts import TrainingInterrupted
 from bbvae.training.logs import LOG_FIELDS
 from bbvae.training.rng import set_seed
+from bbvae.training.tensorboard import TensorBoardLogger
 from bbvae.training.trainer import Trainer
 
 __all__ = [
@@ -73,15 +61,13 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "LAST_CHECKPOINT",
     "LOG_FIELDS",
-    "BatchSource",
     "Callback",
     "DatasetSplit",
     "NonFiniteLossError",
-    "PaddedSequenceData",
     "SequenceData",
-    "TensorData",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingInterrupted",
-    "as_batch_source",
+    "as_dataset",
     "set_seed",
 ]

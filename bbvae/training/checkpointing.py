@@ -26,6 +26,7 @@ from bbvae.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from bbvae.training.data import order_from_tensors, order_to_tensors
 from bbvae.training.rng import set_seed
 
 __all__ = [
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "bbvae.trainer"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the epoch under way is kept as its batch order (1: a generator state)
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 
@@ -106,7 +107,8 @@ class TrainerCheckpointing:
             "step": self.n_iter_,
             "epoch": self.n_epochs_,
             "batch_in_epoch": self._batch_in_epoch,
-            "epoch_generator_state": self._epoch_gen_state.clone(),
+            "epoch_order": order_to_tensors(self._epoch_order),
+            "generator_state": self.generator_.get_state(),
             "rng": rng,
             "loss_history": list(self.loss_history_),
             "valid_history": list(self.valid_history_),
@@ -133,7 +135,12 @@ class TrainerCheckpointing:
         self.n_iter_ = state["step"]
         self.n_epochs_ = state["epoch"]
         self._batch_in_epoch = state["batch_in_epoch"]
-        self._epoch_gen_state = state["epoch_generator_state"].clone()
+        if "epoch_order" in state:
+            self._epoch_order = order_from_tensors(state["epoch_order"])
+            self.generator_.set_state(state["generator_state"].clone())
+        else:  # version 1: the epoch's order is drawn again from the generator's state at its start
+            self._epoch_order = None
+            self.generator_.set_state(state["epoch_generator_state"].clone())
         self.loss_history_ = list(state["loss_history"])
         self.valid_history_ = list(state["valid_history"])
         self.valid_steps_ = list(state["valid_steps"])

@@ -14,7 +14,7 @@ from torch import nn
 
 from bbvae import distributed
 from bbvae._validation import shape_str
-from bbvae.training.data import BatchSource, as_batch_source
+from bbvae.training.data import evaluation_loader
 from bbvae.training.rng import forked_rng
 
 __all__ = ["TrainerEvaluation"]
@@ -37,7 +37,6 @@ class TrainerEvaluation:
         if not hasattr(self, "_rank"):
             self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         seed = getattr(self, "seed_", self.seed if self.seed is not None else 0)
-        source = data if self.evaluate_fn is not None else as_batch_source(data, "data")
         loss = self.loss
         params = list(loss.parameters())
         device = params[0].device if params else torch.device("cpu")
@@ -47,18 +46,19 @@ class TrainerEvaluation:
             with torch.no_grad(), forked_rng(seed + _EVAL_SEED_OFFSET + self._rank, device):
                 if self.evaluate_fn is not None:
                     return float(self.evaluate_fn(loss, data))
-                return self._evaluate_source(source, device)
+                batches = evaluation_loader(data, self.eval_batch_size or self.batch_size, "data")
+                return self._evaluate_batches(batches, device, params[0].dtype if params else None)
         finally:
             loss.train(was_training)
 
-    def _evaluate_source(self, source: BatchSource, device: torch.device) -> float:
+    def _evaluate_batches(self, batches, device: torch.device, dtype: torch.dtype | None) -> float:
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of bounds, count]
-        for batch in source.batches(self.eval_batch_size or self.batch_size, shuffle=False, generator=None):
+        for batch in batches:
             if self._world > 1:
                 batch = distributed.shard_batch(batch, self._rank, self._world)
             if distributed.batch_size_of(batch) == 0:
                 continue
-            x, context = self._loss_args(batch, device)
+            x, context = self._loss_args(batch, device, dtype)
             bound = _bound(self.loss, x, context)  # [batch]
             totals[0] += bound.double().sum()
             totals[1] += context["lengths"].sum() if "lengths" in context else x.shape[0]

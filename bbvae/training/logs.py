@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bbvae.training.data import BatchSource
+    from bbvae.training.data import EpochBatches
 
 __all__ = ["LOG_FIELDS", "LogWriter", "TrainerLogging"]
 
@@ -76,6 +76,8 @@ class TrainerLogging:
         }
         if self._writer is not None:
             self._writer.write(record)
+        if self._tensorboard is not None:
+            self._tensorboard.write(record)
         self._log_rows += 1
         if self._bar is not None:
             postfix = {}
@@ -93,15 +95,23 @@ class TrainerLogging:
         path = self._logdir / f"log.{self.log_format}"
         return LogWriter(path, self.log_format, keep_rows=self._log_rows if resumed else None)
 
-    def _open_bar(self, train: BatchSource):
+    def _open_tensorboard(self):
+        if not self.tensorboard or not self._is_main:
+            return None
+        from bbvae.training.tensorboard import open_tensorboard
+
+        if self.tensorboard is True:
+            return open_tensorboard(self._logdir / "tensorboard", self)
+        return open_tensorboard(self.tensorboard, self)
+
+    def _open_bar(self, train: EpochBatches):
         if not self.progress or not self._is_main:
             return None
         from tqdm.auto import tqdm
 
         total = self.max_steps
-        n_batches = getattr(train, "num_batches", None)
-        if self.max_epochs is not None and callable(n_batches):
-            per_epoch = n_batches(self.batch_size)
+        if self.max_epochs is not None:
+            per_epoch = train.num_batches()
             if per_epoch:
                 by_epochs = self.max_epochs * per_epoch
                 total = by_epochs if total is None else min(total, by_epochs)

@@ -18,7 +18,7 @@ from torch import nn
 from bbvae import distributed
 from bbvae.checkpoint import CheckpointError
 from bbvae.training.checkpointing import NonFiniteLossError
-from bbvae.training.data import BatchSource
+from bbvae.training.data import EpochBatches
 from bbvae.training.interrupts import TrainingInterrupted
 
 __all__ = ["TrainingLoop"]
@@ -38,7 +38,7 @@ class TrainingLoop:
             return "callback"
         return ""
 
-    def _loop(self, model: nn.Module, train: BatchSource, valid, valid_data) -> None:
+    def _loop(self, model: nn.Module, train: EpochBatches, valid, valid_data) -> None:
         eager_check = self._check_every_step
         if eager_check is None:  # reading a CPU scalar costs nothing; elsewhere wait for a logging point
             eager_check = self._world == 1 and self._device.type == "cpu"
@@ -59,7 +59,7 @@ class TrainingLoop:
             if not skip:  # (a batch too small to give every rank a row is skipped by all ranks)
                 if self._world > 1:
                     batch = distributed.shard_batch(batch, self._rank, self._world)
-                x, context = self._loss_args(batch, self._device)
+                x, context = self._loss_args(batch, self._device, self._dtype)
                 self._after_step(model, x, context, eager_check, valid, valid_data)
             # Look one batch ahead, so that an epoch ends as soon as its last batch is used.
             batch = next(batches, None)
@@ -120,38 +120,29 @@ class TrainingLoop:
     def _end_epoch(self, valid, valid_data) -> None:
         self.n_epochs_ += 1
         self._batch_in_epoch = 0
-        self._epoch_gen_state = self.generator_.get_state()
+        self._epoch_order = None
         if self.eval_every is None and valid is not None:
             self._flush()
             self._evaluate_and_track(valid, valid_data)
         for cb in self.callbacks:
             cb.on_epoch_end(self, self.n_epochs_)
 
-    def _epoch_iterator(self, train: BatchSource) -> Iterator:
-        # The order of an epoch is a function of the generator's state at its start; a resumed
-        # run rewinds to that state and skips the batches already used.
-        self.generator_.set_state(self._epoch_gen_state)
-        batches = iter(train.batches(self.batch_size, shuffle=True, generator=self.generator_))
-        for i in range(self._batch_in_epoch):
-            if next(batches, None) is None:
+    def _epoch_iterator(self, train: EpochBatches) -> Iterator:
+        # The order of an epoch is drawn once, when it starts, and kept (in checkpoints too); a
+        # resumed run replays it from the batch it had reached.
+        if self._epoch_order is None:
+            self._epoch_order = train.draw(self.n_epochs_)
+        order = self._epoch_order
+        if order is not None and self._batch_in_epoch:
+            n_items = len(train.dataset)
+            top = max((max(batch) for batch in order if batch), default=-1)
+            if self._batch_in_epoch > len(order) or top >= n_items:
                 raise CheckpointError(
-                    f"Trainer.fit: the checkpoint is {self._batch_in_epoch} batches into an epoch, but "
-                    f"train_data has only {i} batches of {self.batch_size}; resume with the same data"
+                    f"Trainer.fit: the checkpoint is {self._batch_in_epoch} of {len(order)} batches into an "
+                    f"epoch over items up to {top}, but train_data has {n_items} items; resume with the "
+                    "same data"
                 )
-        return batches
-
-    def _prepare_loss(self, train: BatchSource) -> None:
-        """Let the loss build data-shaped parameters (``Loss.prepare``) before the optimiser exists."""
-        prepare = getattr(self.loss, "prepare", None)
-        if not callable(prepare):
-            return
-        first = next(iter(train.batches(self.batch_size, shuffle=False, generator=None)), None)
-        if first is None:
-            return
-        param = next(iter(self.loss.parameters()), None)
-        device = param.device if param is not None else torch.device("cpu")
-        x, context = self._loss_args(first, device)
-        prepare(x, **context)
+        return train.iterate(order, self._batch_in_epoch, self.n_epochs_, self.seed_)
 
     def _step(self, model: nn.Module, x: torch.Tensor, context: dict[str, Any], eager_check: bool) -> None:
         step = self.n_iter_ + 1

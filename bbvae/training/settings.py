@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -51,7 +52,14 @@ class TrainerSettings:
                 f"{name}: expected optimizer_kwargs to be a dict, got {type(self.optimizer_kwargs).__name__}"
             )
         check_positive_int("batch_size", self.batch_size, name)
-        for key in ("eval_batch_size", "max_steps", "max_epochs", "eval_every", "patience"):
+        for key in (
+            "eval_batch_size",
+            "max_steps",
+            "max_epochs",
+            "eval_every",
+            "patience",
+            "length_bucketing",
+        ):
             if getattr(self, key) is not None:
                 check_positive_int(key, getattr(self, key), name)
         if self.max_steps is None and self.max_epochs is None:
@@ -62,6 +70,14 @@ class TrainerSettings:
             raise ValueError(f"{name}: expected clip_grad_norm > 0 or None, got {self.clip_grad_norm!r}")
         if not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
             raise ValueError(f"{name}: expected min_delta >= 0, got {self.min_delta!r}")
+        if self.tensorboard is True and self.logdir is None:
+            raise ValueError(
+                f"{name}: tensorboard=True writes to logdir/tensorboard; set logdir or give a path"
+            )
+        if not isinstance(self.tensorboard, (bool, str, os.PathLike)):
+            raise TypeError(
+                f"{name}: expected tensorboard to be a bool or a path, got {type(self.tensorboard).__name__}"
+            )
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"{name}: expected log_format in {LOG_FORMATS}, got {self.log_format!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -101,6 +117,7 @@ class TrainerSettings:
             "seed": self.seed_ if hasattr(self, "seed_") else self.seed,
             "log_format": self.log_format,
             "use_inputs": self.use_inputs,
+            "length_bucketing": self.length_bucketing,
             "lr_schedule": self.lr_schedule if not callable(self.lr_schedule) else qualname(self.lr_schedule),
             "lr_schedule_kwargs": dict(self.lr_schedule_kwargs or {}),
             "warmup_steps": self.warmup_steps,

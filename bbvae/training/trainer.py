@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from bbvae import distributed
 from bbvae.checkpoint import remove_stale_temporaries
@@ -22,7 +23,7 @@ from bbvae.data.batching import SequenceBatch
 from bbvae.training.averaging import ParameterAverage
 from bbvae.training.callbacks import Callback
 from bbvae.training.checkpointing import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainerCheckpointing
-from bbvae.training.data import BatchSource, as_batch_source
+from bbvae.training.data import EpochBatches, as_dataset
 from bbvae.training.evaluation import TrainerEvaluation
 from bbvae.training.interrupts import SignalGuard, TrainingInterrupted
 from bbvae.training.logs import TrainerLogging
@@ -91,6 +92,14 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             genuine side inputs).
         find_unused_parameters: forwarded to DistributedDataParallel (see
             :func:`bbvae.distributed.wrap_ddp`).
+        length_bucketing: batch sequences of similar length together
+            (:class:`~bbvae.data.BucketBatchSampler`): each epoch draws the sequences at random in
+            pools of this many batches and sorts every pool by length before cutting it into
+            batches, which wastes less padding (None: plain shuffling). Needs a sequence Dataset
+            with ``lengths``; unused when the training data is a DataLoader.
+        tensorboard: also write the log rows as TensorBoard scalars (``torch.utils.tensorboard``,
+            ``pip install 'bbvae[tensorboard]'``): True puts the events in ``logdir/tensorboard``,
+            a path puts them there (see :mod:`bbvae.training.tensorboard`).
 
     Attributes:
         loss_history_ (list[float]): the training loss (negative bound, mean over the batch
@@ -144,6 +153,8 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         callbacks: Sequence[Callback] = (),
         use_inputs: bool = False,
         find_unused_parameters: bool = True,
+        length_bucketing: int | None = None,
+        tensorboard: bool | str | os.PathLike = False,
     ) -> None:
         self.loss = loss
         self.optimizer = optimizer
@@ -173,6 +184,8 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.callbacks = callbacks
         self.use_inputs = use_inputs
         self.find_unused_parameters = find_unused_parameters
+        self.length_bucketing = length_bucketing
+        self.tensorboard = tensorboard
         self.stop_training = False
 
     #: Check the loss for NaN/inf after every step (True) or only at logging points (False);
@@ -188,7 +201,8 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         """Train until ``max_steps`` / ``max_epochs`` / early stopping.
 
         Args:
-            train_data: a batch source or anything :func:`as_batch_source` adapts.
+            train_data: a torch ``Dataset`` or ``DataLoader``, a Tensor ``[N, ...]``, a list of
+                ``[T_i, ...]`` sequences or a ``SequenceBatch`` (see :mod:`bbvae.training.data`).
             valid_data: the same for validation (None: no validation; ``evaluate_fn``, if given,
                 receives it unchanged).
             resume: False (start afresh: the trainer's histories reset, the model keeps its
@@ -198,7 +212,9 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
                 same random draws, same parameters. ``max_steps``, ``max_epochs``,
                 ``learning_rate``, the evaluation, logging and checkpoint schedule may change
                 on resume; ``optimizer``, ``optimizer_kwargs``, ``batch_size``, ``seed``,
-                ``use_inputs``, the loss class and its parameter shapes must not.
+                ``use_inputs``, the data, the loss class and its parameter shapes must not. The
+                epoch under way is replayed in the order it was drawn in (see
+                :mod:`bbvae.training.data` for the data whose order cannot be replayed).
 
         Returns:
             self.
@@ -212,10 +228,12 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             CheckpointError: the checkpoint to resume from does not match this trainer.
         """
         self._check_settings()
-        train = as_batch_source(train_data, "train_data")
+        self.generator_ = torch.Generator()  # the default samplers' random source
+        train = EpochBatches(train_data, self.batch_size, self.generator_, self.length_bucketing)
         valid = None
         if valid_data is not None:
-            valid = valid_data if self.evaluate_fn is not None else as_batch_source(valid_data, "valid_data")
+            keep = self.evaluate_fn is not None or isinstance(valid_data, DataLoader)
+            valid = valid_data if keep else as_dataset(valid_data, "valid_data")
         if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
             first = next(iter(self.loss.parameters()), None)
             on_cuda = first is not None and first.device.type == "cuda"
@@ -231,6 +249,7 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         params = self._parameters()
         self._params = params
         self._device = params[0].device
+        self._dtype = params[0].dtype
         self.optimizer_ = self._make_optimizer(params)
         self.lr_schedule_ = LearningRateSchedule(
             self.optimizer_,
@@ -241,7 +260,6 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             self.max_steps,
         )
         self.average_ = None if self.ema_decay is None else ParameterAverage(params, self.ema_decay)
-        self.generator_ = torch.Generator()
         self.stop_training = False
         self._logdir = None if self.logdir is None else Path(self.logdir)
         if self._logdir is not None and self._is_main:  # left by a process killed mid-write
@@ -263,9 +281,10 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             )
         self._good_state = self._make_state()
         self.loss.train()
-        self._writer = self._bar = None
+        self._writer = self._bar = self._tensorboard = None
         try:
             self._writer = self._open_log(resumed=ckpt_path is not None)
+            self._tensorboard = self._open_tensorboard()
             self._bar = self._open_bar(train)
             model = distributed.wrap_ddp(self.loss, self.find_unused_parameters)
             for cb in self.callbacks:
@@ -283,6 +302,8 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             self._good_state = self._best_model_state = None  # copies only needed while fitting
             if self._writer is not None:
                 self._writer.close()
+            if self._tensorboard is not None:
+                self._tensorboard.close()
             if self._bar is not None:
                 self._bar.close()
         for cb in self.callbacks:
@@ -304,7 +325,7 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.checkpoint_path_: Path | None = None
         self.best_checkpoint_path_: Path | None = None
         self._batch_in_epoch = 0
-        self._epoch_gen_state = self.generator_.get_state()
+        self._epoch_order: list[list[int]] | None = None  # the batches of the epoch under way
         self._bad_evals = 0
         self._elapsed = 0.0
         self._log_rows = 0
@@ -313,20 +334,23 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self._best_model_state = None
         self._written_step: int | None = None
 
-    def _prepare_loss(self, train: BatchSource) -> None:
+    def _prepare_loss(self, train: EpochBatches) -> None:
         """Let the loss build data-shaped parameters (``Loss.prepare``) before the optimiser exists."""
         prepare = getattr(self.loss, "prepare", None)
         if not callable(prepare):
             return
-        first = next(iter(train.batches(self.batch_size, shuffle=False, generator=None)), None)
+        first = train.first_batch(self.batch_size)
         if first is None:
             return
         param = next(iter(self.loss.parameters()), None)
         device = param.device if param is not None else torch.device("cpu")
-        x, context = self._loss_args(first, device)
+        x, context = self._loss_args(first, device, param.dtype if param is not None else None)
         prepare(x, **context)
 
-    def _loss_args(self, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _loss_args(
+        self, batch, device: torch.device, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(x, {"lengths", "inputs"})`` of a batch on ``device``; float data take ``dtype``."""
         if isinstance(batch, SequenceBatch):
             x, context = batch.x, {"lengths": batch.lengths}
             if self.use_inputs:
@@ -344,4 +368,10 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         if x.device != device:  # the parameters' device
             x = x.to(device, non_blocking=True)
             context = {k: v.to(device, non_blocking=True) for k, v in context.items()}
+        if dtype is not None and dtype.is_floating_point:  # float data take the parameters' dtype
+            if x.is_floating_point() and x.dtype != dtype:
+                x = x.to(dtype)
+            inputs = context.get("inputs")
+            if inputs is not None and inputs.is_floating_point() and inputs.dtype != dtype:
+                context["inputs"] = inputs.to(dtype)
         return x, context

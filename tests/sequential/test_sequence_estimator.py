@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from bbvae.base import NotFittedError
-from bbvae.data import SequenceBatch, gaussian_hmm_data
+from bbvae.data import SequenceBatch, collate_sequences, gaussian_hmm_data
 from bbvae.sequential.estimator import BOUNDS, SequenceModel, to_sequences
-from bbvae.training import SequenceData
 
 TINY = dict(latent_size=3, hidden_size=4, batch_size=2, max_steps=2, log_every=1, random_state=0)
 
@@ -34,7 +33,7 @@ def symbol_sequences(lengths=(5, 3, 6), n_symbols=4, seed=0) -> list[torch.Tenso
 
 
 def padded(seqs):
-    return SequenceData(seqs).batch(list(range(len(seqs))))
+    return collate_sequences(seqs)
 
 
 # ------------------------------------------------------------------------ parameters
