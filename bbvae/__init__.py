@@ -5,9 +5,10 @@ floor or a lower one, never from a higher one; ``tests/test_layout.py`` checks i
 
 7. interface: ``bbvae.cli`` (one module per command), ``bbvae.plots`` (pictures of a run),
    ``bbvae.__main__``
-6. estimators: ``bbvae.estimator`` (VAE), ``bbvae.estimator_base`` (the parameter contract and the
-   Trainer glue), ``bbvae.sequential.estimator`` (SequenceModel) with ``estimator_build``,
-   ``estimator_data`` and ``estimator_sampling``
+6. estimators: ``bbvae.estimator`` (VAE) with ``bbvae.estimator_data`` (its data checks),
+   ``bbvae.estimator_base`` (the parameter contract and the Trainer glue),
+   ``bbvae.sequential.estimator`` (SequenceModel) with ``estimator_build``, ``estimator_data`` and
+   ``estimator_sampling``
 5. training: ``bbvae.training`` (the Trainer: loop, checkpointing, evaluation, logs, settings,
    data sources), ``bbvae.distributed``
 4. data sets: ``bbvae.data`` (piano rolls, text, MIDI, synthetic)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 _VALIDATE = __debug__
@@ -76,3 +77,103 @@ def check_positive_int(name: str, value, where: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{where}: expected {name} >= {minimum}, got {value}")
     return value
+
+
+def is_scipy_sparse(value) -> bool:
+    """Whether ``value`` is a scipy.sparse matrix or array (scipy is not imported)."""
+    return type(value).__module__.startswith("scipy.sparse")
+
+
+def as_numeric_tensor(name: str, value, where: str) -> torch.Tensor | None:
+    """``value`` (a Tensor, numpy array or nested list of numbers) as a dense real tensor.
+
+    Returns None for any other type, which the caller reports in its own words. Raises a
+    TypeError naming ``name`` for sparse matrices and tensors, and for arrays of strings, complex
+    numbers or objects that are not numbers (an object array of numbers becomes float64, as in
+    scikit-learn); a ValueError for a ragged nested list.
+    """
+    if is_scipy_sparse(value):
+        raise TypeError(
+            f"{where}: expected {name} to be a dense Tensor or array, got a scipy sparse matrix "
+            f"({type(value).__name__}, shape {shape_str(list(value.shape))}); "
+            f"densify it with {name}.toarray()"
+        )
+    if isinstance(value, torch.Tensor):
+        tensor = value
+        if tensor.layout != torch.strided:
+            raise TypeError(
+                f"{where}: expected {name} to be a dense Tensor, got a {tensor.layout} tensor of shape "
+                f"{shape_str(list(tensor.shape))}; densify it with {name}.to_dense()"
+            )
+    elif isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # a ragged nested list
+            raise ValueError(f"{where}: expected {name} to be a rectangular array, got {exc}") from None
+        if array.dtype == object:
+            try:
+                array = array.astype(np.float64)
+            except (TypeError, ValueError):
+                kinds = sorted({type(v).__name__ for v in array.ravel()[:1000]})
+                raise TypeError(
+                    f"{where}: expected {name} to hold numbers, got a numpy array of dtype object holding "
+                    f"{', '.join(kinds)}; convert it to a numeric dtype first"
+                ) from None
+        if array.dtype.kind not in "biufc":
+            raise TypeError(f"{where}: expected {name} to hold numbers, got an array of dtype {array.dtype}")
+        tensor = torch.as_tensor(array)
+    else:
+        return None
+    if tensor.is_complex():
+        raise TypeError(f"{where}: expected {name} to hold real numbers, got dtype {tensor.dtype}")
+    return tensor
+
+
+def check_data(name: str, x: torch.Tensor, where: str, lengths=None) -> None:
+    """Check a batch of data handed to a loss: dense, real, at least one data point, finite.
+
+    The NaN/inf scan (one pass over ``x``, and a device sync) runs only while validation is
+    enabled; with ``lengths`` ``[batch]``, steps past each sequence's length (padding, often NaN)
+    are not scanned.
+    """
+    check_tensor(name, x, where)
+    if x.layout != torch.strided:
+        raise TypeError(f"{where}: expected {name} to be a dense Tensor, got a {x.layout} tensor")
+    if x.is_complex():
+        raise TypeError(f"{where}: expected {name} to hold real numbers, got dtype {x.dtype}")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(
+            f"{where}: expected {name} of shape [batch >= 1, ...], got {shape_str(list(x.shape))}"
+        )
+    if not (_VALIDATE and x.is_floating_point()):
+        return
+    bad = ~torch.isfinite(x)
+    padded = (
+        isinstance(lengths, torch.Tensor)
+        and x.dim() >= 2
+        and tuple(lengths.shape) == (x.shape[0],)
+        and not lengths.is_floating_point()
+    )
+    if padded:  # [batch, T] mask of the valid steps
+        valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
+        bad = bad & valid.view(*valid.shape, *([1] * (x.dim() - 2)))
+    if bool(bad.any()):
+        rows = bad.reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        n_nan, n_inf = int((bad & torch.isnan(x)).sum()), int((bad & torch.isinf(x)).sum())
+        within = " within the lengths" if padded else ""
+        raise ValueError(
+            f"{where}: {name} holds NaN or infinite values{within} ({n_nan} NaN, {n_inf} inf; shape "
+            f"{shape_str(list(x.shape))}) in data point(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}; "
+            "clean the data (padding past the sequences' ends is ignored when lengths= is given)"
+        )
+
+
+def check_dtype(name: str, x: torch.Tensor, module: torch.nn.Module, where: str) -> None:
+    """Raise a TypeError unless ``x`` has the floating dtype of ``module``'s parameters."""
+    param = next(iter(module.parameters()), None)
+    if param is None or x.dtype == param.dtype:
+        return
+    raise TypeError(
+        f"{where}: expected {name} of dtype {param.dtype} (the model's parameters'), got {x.dtype}; "
+        f"cast it with {name}.to({param.dtype})"
+    )

@@ -10,13 +10,12 @@ contract both follow (and the helpers re-exported here) is in :mod:`bbvae.estima
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bbvae._validation import shape_str
 from bbvae.estimator_base import (
@@ -32,6 +31,7 @@ from bbvae.estimator_base import (
     split_callbacks,
     trainer_results,
 )
+from bbvae.estimator_data import as_rows, check_network_takes, row_shape
 from bbvae.evaluation import log_likelihood
 from bbvae.losses.base import Loss
 from bbvae.training import Callback, set_seed
@@ -124,6 +124,8 @@ class VAE(EstimatorMixin):
         stop_reason_ (str): why training stopped (``"max_steps"``, ``"max_epochs"``, ...).
         seed_ (int): the seed used.
         obs_shape_ (tuple[int, ...]): the shape of one data point seen in ``fit``.
+        n_features_in_ (int): the number of values in one data point (scikit-learn's name; the
+            width of ``X`` for flat rows ``[N, D]``).
     """
 
     def __init__(
@@ -234,32 +236,14 @@ class VAE(EstimatorMixin):
         check_random_state(self.random_state, where)
         return loss_cls, resolve_device(self.device, where)
 
-    def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor | Dataset | DataLoader:
-        if isinstance(X, (Dataset, DataLoader)):
-            return X  # rows as they come (float batches take the model's dtype in the trainer)
-        if isinstance(X, np.ndarray):
-            X = torch.as_tensor(X)
-        if not isinstance(X, torch.Tensor):
-            raise TypeError(
-                f"{where}: expected X to be a Tensor or numpy array [N, ...], got {type(X).__name__}"
-            )
-        if X.dim() == 0 or X.shape[0] == 0:
-            raise ValueError(f"{where}: expected X of shape [N >= 1, ...], got {shape_str(list(X.shape))}")
-        if X.is_floating_point():
-            if not bool(torch.isfinite(X).all()):
-                raise ValueError(f"{where}: X holds NaN or infinite values; clean the data first")
-            param = next(iter(like.parameters()), None)
-            if param is not None and param.is_floating_point():
-                X = X.to(param.dtype)  # float data take the model's dtype
-        return X
-
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> VAE:
         """Train copies of ``inf_net`` and ``gen_model`` on the rows of ``X``.
 
         Args:
-            X: data ``[N, *obs_shape]`` (Tensor or numpy array; floats take the dtype of
-                ``gen_model``'s parameters and must be finite), or a torch ``Dataset`` of rows
+            X: data ``[N, *obs_shape]`` (Tensor, numpy array or nested list; taken in the dtype of
+                ``gen_model``'s parameters, integers and booleans included; finite; dense: a
+                sparse matrix is refused, see :mod:`bbvae.estimator_data`), or a torch ``Dataset`` of rows
                 ``[*obs_shape]`` or a ``DataLoader`` of batches ``[B, *obs_shape]`` (its sampler,
                 workers and pinning decide the batches).
             y: ignored (scikit-learn API).
@@ -280,19 +264,21 @@ class VAE(EstimatorMixin):
         if device is not None:
             inf_net.to(device)
             gen_model.to(device)
-        X = self._as_data(X, where, gen_model)
-        obs_shape = _row_shape(X, where)
+        X = as_rows(X, "X", where, gen_model)
+        obs_shape = row_shape(X, where)
         if X_valid is not None:
-            X_valid = self._as_data(X_valid, where, gen_model)
-            if _row_shape(X_valid, where) != obs_shape:
+            X_valid = as_rows(X_valid, "X_valid", where, gen_model)
+            if row_shape(X_valid, where) != obs_shape:
                 raise ValueError(
-                    f"{where}: X_valid rows have shape {shape_str(list(_row_shape(X_valid, where)))}, "
+                    f"{where}: X_valid rows have shape {shape_str(list(row_shape(X_valid, where)))}, "
                     f"but X rows have {shape_str(list(obs_shape))}"
                 )
+        check_network_takes(X, inf_net, "X", where)
         loss = loss_cls(inf_net, gen_model, n_samples=self.n_samples, **(self.loss_options or {}))
         trainer = make_trainer(self, loss, where)  # checks the callbacks first
         self.inf_net_, self.gen_model_, self.loss_ = inf_net, gen_model, loss
         self.obs_shape_ = obs_shape
+        self.n_features_in_ = math.prod(obs_shape)
         trainer.fit(X, X_valid, resume=resume)
         trainer_results(self, trainer)
         inf_net.eval()
@@ -303,10 +289,14 @@ class VAE(EstimatorMixin):
     def _check_rows(self, X, method: str) -> torch.Tensor:
         check_is_fitted(self, method)
         where = f"{type(self).__name__}.{method}"
-        X = self._as_data(X, where, self.gen_model_)
+        X = as_rows(X, "X", where, self.gen_model_)
         if tuple(X.shape[1:]) != self.obs_shape_:
+            features = ""  # scikit-learn's wording, for flat rows
+            if X.dim() == 2 and len(self.obs_shape_) == 1:
+                features = f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                features += f"{self.n_features_in_} features as input; "
             raise ValueError(
-                f"{where}: expected X of shape {shape_str(['N', *self.obs_shape_])} (as in fit), "
+                f"{where}: {features}expected X of shape {shape_str(['N', *self.obs_shape_])} (as in fit), "
                 f"got {shape_str(list(X.shape))}"
             )
         return X
@@ -373,27 +363,6 @@ class VAE(EstimatorMixin):
         check_int("n", n, f"{type(self).__name__}.sample")
         x, z = self.gen_model_.sample(n)
         return x.cpu(), z.cpu()
-
-
-def _row_shape(X, where: str) -> tuple[int, ...]:
-    """The shape of one data point of a Tensor ``[N, ...]``, a Dataset of rows or a DataLoader."""
-    if isinstance(X, torch.Tensor):
-        return tuple(X.shape[1:])
-    if isinstance(X, DataLoader):
-        if isinstance(X.dataset, IterableDataset) or X.batch_size is None:
-            batch = next(iter(X))
-            batch = batch[0] if isinstance(batch, (list, tuple)) else batch
-            return tuple(torch.as_tensor(batch).shape[1:])
-        X = X.dataset
-    if len(X) == 0:
-        raise ValueError(f"{where}: the Dataset holds no data point")
-    row = X[0]
-    row = row[0] if isinstance(row, (list, tuple)) and len(row) == 1 else row
-    if not isinstance(row, (torch.Tensor, np.ndarray)):
-        raise TypeError(
-            f"{where}: expected the Dataset's items to be Tensors [*obs_shape], got {type(row).__name__}"
-        )
-    return tuple(torch.as_tensor(row).shape)
 
 
 def _device_of(module: nn.Module, default: torch.Tensor) -> torch.device:

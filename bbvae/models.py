@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.distributions import Bernoulli, Independent, MultivariateNormal, Normal
 
-from bbvae._validation import check_positive_int
+from bbvae._validation import check_dtype, check_positive_int
 from bbvae.base import GenModel, InfNet
 
 _MAX_ENUMERATED_LATENTS = 20
@@ -37,9 +37,11 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh, dropout: fl
     return nn.Sequential(*layers)
 
 
-def _check_last_dim(x: torch.Tensor, size: int, where: str) -> None:
+def _check_last_dim(x: torch.Tensor, size: int, where: str, module: nn.Module | None = None) -> None:
     if x.dim() != 2 or x.shape[-1] != size:
         raise ValueError(f"{where}: expected x of shape [batch, {size}], got {list(x.shape)}")
+    if module is not None:
+        check_dtype("x", x, module, where)
 
 
 # --------------------------------------------------------------------------- linear-Gaussian
@@ -71,7 +73,7 @@ class GaussianInfNet(InfNet):
             self.scale_tril_raw = nn.Parameter(torch.zeros(z_dim, z_dim))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_last_dim(x, self.x_dim, type(self).__name__)
+        _check_last_dim(x, self.x_dim, type(self).__name__, self)
         out = self.net(x)
         if self.covariance == "diag":
             loc, raw_scale = out.chunk(2, dim=-1)
@@ -208,7 +210,7 @@ class BernoulliInfNet(InfNet):
         self.net = mlp([x_dim, *hidden, z_dim])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_last_dim(x, self.x_dim, type(self).__name__)
+        _check_last_dim(x, self.x_dim, type(self).__name__, self)
         return {"logits": self.net(x)}
 
     def distribution(self):

@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "bbvae.distributed": 5,
     "bbvae.estimator_base": 6,
     "bbvae.estimator": 6,
+    "bbvae.estimator_data": 6,
     "bbvae.sequential.estimator": 6,
     "bbvae.sequential.estimator_build": 6,
     "bbvae.sequential.estimator_data": 6,

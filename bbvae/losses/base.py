@@ -13,9 +13,9 @@ from torch import nn
 
 from bbvae._math import effective_sample_size, log_mean_exp, normalized_weights, zero_weight_points
 from bbvae._validation import (
+    check_data,
     check_no_nan,
     check_positive_int,
-    check_tensor,
     is_validation_enabled,
     shape_str,
 )
@@ -114,7 +114,7 @@ class Loss(nn.Module):
 
     # ------------------------------------------------------------------ public interface
     def forward(self, x: torch.Tensor, **context) -> torch.Tensor:
-        check_tensor("x", x, type(self).__name__)
+        check_data("x", x, type(self).__name__, context.get("lengths"))
         bound, objective = self.estimate(x, **context)
         if tuple(bound.shape) != (x.shape[0],):
             raise ValueError(

@@ -213,8 +213,11 @@ class SequenceModelBuilder:
                     f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
                 )
         elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
+            hint = ""
+            if not first.is_floating_point() and tuple(first.shape[1:]) == tuple(self.obs_shape_):
+                hint = "; integer frames (0/1 piano rolls, counts) must be cast to float first"
             raise ValueError(
                 f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
-                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
+                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype}){hint}"
             )
         return seqs

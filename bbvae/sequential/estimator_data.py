@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from bbvae._validation import shape_str
+from bbvae._validation import as_numeric_tensor, is_scipy_sparse, shape_str
 from bbvae.data.batching import SequenceBatch
 
 __all__ = ["DataInfo", "data_info", "is_binary", "is_dataset", "is_text", "to_sequences"]
@@ -70,12 +70,13 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
                 f"{where}: the SequenceBatch has {X.x.shape[0]} sequences but {len(lengths)} lengths"
             )
         seqs = [row[:n] for row, n in zip(X.x.unbind(0), lengths)]
-    elif isinstance(X, (torch.Tensor, np.ndarray)):
+    elif isinstance(X, (torch.Tensor, np.ndarray)) or is_scipy_sparse(X):
+        X = as_numeric_tensor("X", X, where)  # dense and numeric, or a TypeError naming X
         if X.ndim < 2:
             raise ValueError(
                 f"{where}: expected X of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
             )
-        seqs = list(torch.as_tensor(X).unbind(0))
+        seqs = list(X.unbind(0))
     elif isinstance(X, (list, tuple)):
         seqs = list(X)
     else:
@@ -86,27 +87,29 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
         )
     if not seqs:
         raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")
+    of_split = f" of the {split!r} split" if is_dataset(X) else ""
     out = []
     for i, s in enumerate(seqs):
-        if not isinstance(s, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"{where}: expected sequence {i} to be a Tensor or array, got {type(s).__name__}")
-        t = torch.as_tensor(s)
+        t = as_numeric_tensor(f"sequence {i}{of_split}", s, where)  # refuses sparse, object, string, complex
+        if t is None:
+            raise TypeError(
+                f"{where}: expected sequence {i}{of_split} to be a Tensor or array, got {type(s).__name__}"
+            )
         if t.dim() == 0 or t.shape[0] == 0:
             raise ValueError(
-                f"{where}: expected sequence {i} of shape [T >= 1, ...], got {shape_str(list(t.shape))}"
+                f"{where}: expected sequence {i}{of_split} of shape [T >= 1, ...], "
+                f"got {shape_str(list(t.shape))}"
             )
-        if t.dtype == torch.bool:
+        if t.dtype == torch.bool or t.is_floating_point():
             t = t.to(torch.get_default_dtype())
-        elif t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        elif t.is_complex():
-            raise TypeError(f"{where}: complex sequences are not supported (sequence {i})")
         else:
             t = t.long()
         if max_length is not None:
             t = t[:max_length]
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: sequence {i} holds NaN or infinite values; clean the data first")
+            raise ValueError(
+                f"{where}: sequence {i}{of_split} holds NaN or infinite values; clean the data first"
+            )
         if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
             raise ValueError(
                 f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
@@ -133,7 +136,9 @@ def data_info(X: Any, seqs: list[torch.Tensor], where: str) -> DataInfo:
         return DataInfo("float", tuple(first.shape[1:]), None, mean, None)
     if first.dim() != 1:
         raise ValueError(
-            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}"
+            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}; "
+            "integer data are read as one symbol per step: cast frames (0/1 piano rolls, counts) to "
+            "float first, e.g. X.float() or X.astype(np.float32)"
         )
     flat = torch.cat(seqs)
     if int(flat.min()) < 0:
