@@ -27,7 +27,7 @@ def test_vae_refuses_nan_data_and_casts_float64_data():
 def test_sequence_model_refuses_nan_sequences():
     seqs = [torch.randn(5, 2), torch.randn(4, 2)]
     seqs[1][3, 0] = float("inf")
-    with pytest.raises(ValueError, match="sequence 1 holds NaN or infinite values"):
+    with pytest.raises(ValueError, match="sequence 1 of X holds NaN or infinite values"):
         SequenceModel(model="ghmm", bound="iwae", max_steps=1).fit(seqs)
 
 

@@ -263,7 +263,9 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         train = self._setup(X, where)
         valid = None
         if X_valid is not None:
-            valid = self._check_sequences(to_sequences(X_valid, "valid", self.max_length, where), where)
+            valid = self._check_sequences(
+                to_sequences(X_valid, "valid", self.max_length, where, "X_valid"), where, "X_valid"
+            )
         elif is_dataset(X) and (self.eval_every is not None or self.patience is not None):
             if not is_text(X) or len(X.split("valid")) > 0:
                 valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)

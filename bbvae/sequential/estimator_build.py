@@ -198,26 +198,29 @@ class SequenceModelBuilder:
         self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
         return train
 
-    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
+    def _check_sequences(self, seqs: list[torch.Tensor], where: str, name: str = "X") -> list[torch.Tensor]:
         first = seqs[0]
         if self.n_categories_ is not None:
             if first.is_floating_point() or first.dim() != 1:
                 raise ValueError(
-                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
-                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
+                    f"{where}: expected {name} to hold integer symbol sequences [T] (as in fit), got steps "
+                    f"of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
                 )
             top = max(int(s.max()) for s in seqs)
             low = min(int(s.min()) for s in seqs)
             if low < 0 or top >= self.n_categories_:
                 raise ValueError(
-                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
+                    f"{where}: expected {name} to hold symbols in 0..{self.n_categories_ - 1} (as in fit), "
+                    f"got {low}..{top}"
                 )
         elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
             hint = ""
             if not first.is_floating_point() and tuple(first.shape[1:]) == tuple(self.obs_shape_):
                 hint = "; integer frames (0/1 piano rolls, counts) must be cast to float first"
+            expected = shape_str(["T", *self.obs_shape_])
+            got = f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
             raise ValueError(
-                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
-                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype}){hint}"
+                f"{where}: expected {name} to hold float sequences {expected} (as in fit), got steps of "
+                f"shape {got}{hint}"
             )
         return seqs

@@ -41,12 +41,15 @@ def is_text(X: Any) -> bool:
     return is_dataset(X) and hasattr(X, "vocabulary") and callable(getattr(X, "sequences", None))
 
 
-def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list[torch.Tensor]:
+def to_sequences(
+    X: Any, split: str, max_length: int | None, where: str, name: str = "X"
+) -> list[torch.Tensor]:
     """The sequences of ``X`` (of ``split`` for data sets) as a list of ``[T_i, *obs_shape]`` tensors.
 
     Float data take torch's default dtype; integer data stay long; booleans become floats.
     Sequences longer than ``max_length`` are cut to their first ``max_length`` steps (text data
-    sets are cut into pieces of ``max_length`` characters instead).
+    sets are cut into pieces of ``max_length`` characters instead). Errors name ``name`` (the
+    argument ``X`` came as) or, for a data set, the split.
     """
     if isinstance(X, DataLoader):
         X = X.dataset
@@ -71,23 +74,23 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
             )
         seqs = [row[:n] for row, n in zip(X.x.unbind(0), lengths)]
     elif isinstance(X, (torch.Tensor, np.ndarray)) or is_scipy_sparse(X):
-        X = as_numeric_tensor("X", X, where)  # dense and numeric, or a TypeError naming X
+        X = as_numeric_tensor(name, X, where)  # dense and numeric, or a TypeError naming it
         if X.ndim < 2:
             raise ValueError(
-                f"{where}: expected X of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
+                f"{where}: expected {name} of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
             )
         seqs = list(X.unbind(0))
     elif isinstance(X, (list, tuple)):
         seqs = list(X)
     else:
         raise TypeError(
-            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a torch Dataset or "
+            f"{where}: expected {name} to be a PianoRollData / TextData / SyntheticData, a torch Dataset or "
             f"DataLoader of sequences, a list of [T, ...] sequences, a SequenceBatch or a Tensor "
             f"[N, T, ...], got {type(X).__name__}"
         )
+    of_split = f" of the {split!r} split" if is_dataset(X) else f" of {name}"
     if not seqs:
-        raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")
-    of_split = f" of the {split!r} split" if is_dataset(X) else ""
+        raise ValueError(f"{where}: expected at least one sequence{of_split}, got none")
     out = []
     for i, s in enumerate(seqs):
         t = as_numeric_tensor(f"sequence {i}{of_split}", s, where)  # refuses sparse, object, string, complex
@@ -112,8 +115,9 @@ def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list
             )
         if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
             raise ValueError(
-                f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
-                f"sequence 0 has {shape_str(list(out[0].shape[1:]))} ({out[0].dtype}); all must agree"
+                f"{where}: sequence {i}{of_split} has steps of shape {shape_str(list(t.shape[1:]))} "
+                f"({t.dtype}), sequence 0 has {shape_str(list(out[0].shape[1:]))} ({out[0].dtype}); "
+                "all must agree"
             )
         out.append(t)
     return out
@@ -125,7 +129,7 @@ def data_info(X: Any, seqs: list[torch.Tensor], where: str) -> DataInfo:
     if first.is_floating_point():
         if first.dim() != 2:
             raise ValueError(
-                f"{where}: expected float sequences of shape [T, D], got steps of shape "
+                f"{where}: expected X to hold float sequences of shape [T, D], got steps of shape "
                 f"{shape_str(list(first.shape[1:]))}"
             )
         train_mean = getattr(X, "train_mean", None)
@@ -136,13 +140,14 @@ def data_info(X: Any, seqs: list[torch.Tensor], where: str) -> DataInfo:
         return DataInfo("float", tuple(first.shape[1:]), None, mean, None)
     if first.dim() != 1:
         raise ValueError(
-            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}; "
+            f"{where}: expected X to hold integer (symbol) sequences of shape [T], got "
+            f"{shape_str(list(first.shape))}; "
             "integer data are read as one symbol per step: cast frames (0/1 piano rolls, counts) to "
             "float first, e.g. X.float() or X.astype(np.float32)"
         )
     flat = torch.cat(seqs)
     if int(flat.min()) < 0:
-        raise ValueError(f"{where}: expected symbols >= 0, got {int(flat.min())}")
+        raise ValueError(f"{where}: expected X to hold symbols >= 0, got {int(flat.min())}")
     n_categories = vocabulary.size if vocabulary is not None else int(flat.max()) + 1
     counts = torch.bincount(flat, minlength=n_categories).double()
     return DataInfo("long", (), n_categories, counts / counts.sum(), vocabulary)

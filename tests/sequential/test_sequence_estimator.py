@@ -92,10 +92,10 @@ def test_data_that_does_not_fit_the_observation_is_refused(synthetic):
     with pytest.raises(ValueError, match="model='ghmm' needs real-valued data"):
         SequenceModel(model="ghmm", **TINY).fit(symbol_sequences())
     est = SequenceModel(**TINY).fit(binary_sequences(dim=5))
-    with pytest.raises(ValueError, match=r"expected float sequences \[T, 5\]"):
+    with pytest.raises(ValueError, match=r"expected X to hold float sequences \[T, 5\]"):
         est.score(binary_sequences(dim=6))
     sym = SequenceModel(**TINY).fit(symbol_sequences(n_symbols=4))
-    with pytest.raises(ValueError, match=r"expected symbols in 0..3"):
+    with pytest.raises(ValueError, match=r"expected X to hold symbols in 0..3"):
         sym.score([torch.tensor([0, 4])])
 
 
