@@ -121,6 +121,8 @@ def as_numeric_tensor(name: str, value, where: str) -> torch.Tensor | None:
                 ) from None
         if array.dtype.kind not in "biufc":
             raise TypeError(f"{where}: expected {name} to hold numbers, got an array of dtype {array.dtype}")
+        if not array.dtype.isnative:  # big-endian data from another machine: torch takes native order
+            array = array.astype(array.dtype.newbyteorder("="))
         tensor = torch.as_tensor(array)
     else:
         return None

@@ -208,7 +208,14 @@ def load_data(s: dict[str, Any]):
     if kind == "text":
         from bbvae.data import load_text
 
-        return load_text(path)
+        text = load_text(path)
+        if not text.train:
+            n_chars = sum(len(text.split(name)) for name in SPLITS)
+            raise UsageError(
+                f"--dataset-path {path!r}: {n_chars} character(s), too few to leave the training split "
+                "(the first 90%) any; use a longer text"
+            )
+        return text
     from bbvae.data import SyntheticData, gaussian_hmm_data
 
     if path is None:
@@ -229,7 +236,11 @@ def read_synthetic(path: Path) -> dict[str, list[torch.Tensor]]:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UsageError(f"{where}: not a readable .pt file ({exc})") from None
+            why = str(exc)
+            if "WeightsUnpickler error:" in why:  # torch's advice to file an issue is not for data files
+                why = "it may hold only tensors, numbers, strings, lists and dicts; "
+                why += str(exc).split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0]
+            raise UsageError(f"{where}: not a readable .pt file ({why})") from None
     else:
         raise UsageError(f"{where}: synthetic data must be a .pt or .npz file")
     if not isinstance(raw, dict):

@@ -12,10 +12,12 @@ In memory a sequence is a bool array ``[T, 88]``; column ``j`` stands for MIDI n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -97,14 +99,32 @@ def _read_pickle(path: str | os.PathLike | None) -> tuple[object, str]:
                 errno.EISDIR, "Expected a piano-roll pickle file, got a directory", source
             )
         raw = file.read_bytes()
-    try:
-        # latin1 lets Python 2 pickles (such as the published JSB one) restore numpy scalars.
-        obj = _PianoRollUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except Exception as exc:  # any failure here means the file is not a usable pickle
-        raise PianoRollFormatError(
-            f"{source}: not a readable piano-roll pickle ({type(exc).__name__}: {exc})"
-        ) from exc
+    failure = None
+    with _no_interpreter_reports():
+        try:
+            # latin1 lets Python 2 pickles (such as the published JSB one) restore numpy scalars.
+            obj = _PianoRollUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        except Exception as exc:  # any failure here means the file is not a usable pickle
+            failure = f"{type(exc).__name__}: {str(exc) or 'it declares an object larger than memory'}"
+    if failure is not None:
+        raise PianoRollFormatError(f"{source}: not a readable piano-roll pickle ({failure})")
     return obj, source
+
+
+@contextlib.contextmanager
+def _no_interpreter_reports():
+    """Silence what CPython prints by itself while unpickling a corrupt file.
+
+    A corrupt length field can make the C unpickler fail mid-allocation, after which CPython
+    sometimes prints "SystemError: deallocated bytearray object has exported buffers" through
+    ``sys.excepthook`` (or ``sys.unraisablehook``); the user gets the unpickler's error instead.
+    """
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = (lambda *report: None), (lambda report: None)
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
 
 
 def _is_integer_type(cls: type) -> bool:

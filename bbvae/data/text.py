@@ -232,7 +232,7 @@ def text_sequences(
     if seq_len < 1:
         raise ValueError(f"seq_len: expected an int >= 1, got {seq_len}")
     encoded = vocabulary.encode(text, device=device)  # [N]
-    pieces = list(torch.split(encoded, seq_len))
+    pieces = list(torch.split(encoded, seq_len)) if encoded.numel() else []  # (split gives one empty piece)
     if drop_last and pieces and pieces[-1].numel() < seq_len:
         pieces.pop()
     return pieces
