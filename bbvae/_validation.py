@@ -113,11 +113,11 @@ def as_numeric_tensor(name: str, value, where: str) -> torch.Tensor | None:
         if array.dtype == object:
             try:
                 array = array.astype(np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError) as exc:
                 kinds = sorted({type(v).__name__ for v in array.ravel()[:1000]})
                 raise TypeError(
                     f"{where}: expected {name} to hold numbers, got a numpy array of dtype object holding "
-                    f"{', '.join(kinds)}; convert it to a numeric dtype first"
+                    f"{', '.join(kinds)} ({exc}); convert it to a numeric dtype first"
                 ) from None
         if array.dtype.kind not in "biufc":
             raise TypeError(f"{where}: expected {name} to hold numbers, got an array of dtype {array.dtype}")

@@ -42,6 +42,11 @@ def as_rows(X, name: str, where: str, like: nn.Module) -> torch.Tensor | Dataset
         )
     if tensor.shape[0] == 0:
         raise ValueError(f"{where}: {name} has no rows (shape {shape}); at least one row is needed")
+    if tensor[0].numel() == 0:  # (in scikit-learn's words, for its checks)
+        raise ValueError(
+            f"{where}: {name} has rows of shape {shape_str(list(tensor.shape[1:]))}, with no values: "
+            f"{name} has 0 feature(s) (shape={tuple(tensor.shape)}) while a minimum of 1 is required."
+        )
     param = next((p for p in like.parameters() if p.is_floating_point()), None)
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     if tensor.is_floating_point():
