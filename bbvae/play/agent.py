@@ -155,6 +155,7 @@ def policy_loss(
     gamma: float = 0.99,
     baseline: nn.Module | None = None,
     entropy_weight: float = 0.0,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The surrogate loss whose gradient estimates ``-grad E[J]`` (plus the baseline's regression loss).
 
@@ -162,6 +163,8 @@ def policy_loss(
         rollout: from :func:`imagine` with the same ``estimator``.
         baseline: ``V(s)`` (a module ``[..., obs_dim] -> [..., 1]``) for ``"score"``.
         entropy_weight: weight of the mean policy entropy bonus (weighted by ``alive``).
+        normalize: divide the score estimator's advantages by their standard deviation over the
+            batch (a common variance reduction that rescales the gradient; off: unbiased).
 
     Returns:
         ``(loss, stats)`` with ``stats["return"]`` the mean imagined return ``[]`` (detached).
@@ -182,7 +185,8 @@ def policy_loss(
     value = baseline(rollout.states[:, :-1].detach()).squeeze(-1)  # [B, H]
     weight = rollout.alive * powers  # [B, H]
     advantage = weight * (to_go - value.detach())
-    advantage = advantage / (advantage.std() + 1e-8)
+    if normalize:
+        advantage = advantage / (advantage.std() + 1e-8)
     surrogate = -(rollout.log_pi * advantage).sum(1).mean() / horizon
     value_loss = (rollout.alive * (value - to_go).square()).sum(1).mean() / horizon
     stats["value_loss"] = value_loss.detach()

@@ -31,25 +31,26 @@ class DynaConfig:
     max_real_steps: int = 30_000  # real environment steps for training, in total
     initial_steps: int = 1_000  # random-policy steps before the first model fit
     steps_per_iteration: int = 1_000  # real steps collected with the policy per iteration
-    n_iterations: int = 20  # at most this many iterations
+    n_iterations: int = 6  # at most this many iterations
     # world model
     model: str = "vrnn"
     latent_size: int = 8
     hidden_size: int = 64
     fc_hidden_sizes: tuple = (128,)
-    window: int = 64
+    window: int = 32
     model_loss: str = "elbo"
     model_samples: int = 1
-    model_steps: int = 300  # optimizer steps per refit
-    model_batch_size: int = 32
+    model_steps_first: int = 400  # optimizer steps of the first fit
+    model_steps: int = 150  # optimizer steps of each later refit (continuing from the last parameters)
+    model_batch_size: int = 64
     model_lr: float = 1e-3
     # agent
-    estimator: str = "score"  # "score" or "pathwise"
-    policy_updates: int = 50  # per iteration
+    estimator: str = "pathwise"  # "score" or "pathwise"
+    policy_updates: int = 30  # per iteration
     batch_size: int = 256  # imagined rollouts per update
     horizon: int = 50
     gamma: float = 0.98
-    policy_lr: float = 1e-3
+    policy_lr: float = 3e-3
     entropy_weight: float = 0.01
     temperature: float = 1.0  # Gumbel-softmax temperature (pathwise)
     clip_grad_norm: float = 1.0
@@ -155,7 +156,7 @@ def run_dyna(config: DynaConfig, log: Callable[[dict], None] | None = None) -> D
             episodes,
             config.model_loss,
             config.model_samples,
-            config.model_steps,
+            config.model_steps_first if iteration == 0 else config.model_steps,
             config.model_batch_size,
             config.model_lr,
             seed=config.seed * 1000 + iteration,

@@ -33,16 +33,20 @@ class ReinforceConfig:
     entropy_weight: float = 0.01
     eval_every_steps: int = 1_000
     eval_episodes: int = 10
+    snapshot_steps: tuple = ()  # also evaluate on snapshot_episodes when first reaching these step counts
+    snapshot_episodes: int = 100
     policy_hidden: tuple = field(default=(64, 64))
 
 
 @dataclass
 class ReinforceResult:
-    """``history`` rows: ``real_steps``, ``eval_return``, ``collected_return``, ``seconds``; the policy."""
+    """``history`` rows: ``real_steps``, ``eval_return``, ``collected_return``, ``seconds``; the policy;
+    ``snapshots``: ``{requested steps: (steps reached, mean return over snapshot_episodes)}``."""
 
     history: list
     policy: Policy
     config: dict
+    snapshots: dict
 
 
 def run_reinforce(config: ReinforceConfig, log: Callable[[dict], None] | None = None) -> ReinforceResult:
@@ -53,7 +57,8 @@ def run_reinforce(config: ReinforceConfig, log: Callable[[dict], None] | None = 
     policy = Policy(4, 2, config.policy_hidden, obs_scale=obs_scale)
     baseline = value_baseline(4, config.policy_hidden, obs_scale=obs_scale)
     optimizer = torch.optim.Adam([*policy.parameters(), *baseline.parameters()], lr=config.learning_rate)
-    real_steps, next_eval, history, update = 0, 0, [], 0
+    real_steps, next_eval, history, update, snapshots = 0, 0, [], 0, {}
+    pending = sorted(config.snapshot_steps)
     while real_steps < config.max_real_steps:
         budget = min(config.steps_per_update, config.max_real_steps - real_steps)
         episodes = run_episodes(
@@ -80,6 +85,10 @@ def run_reinforce(config: ReinforceConfig, log: Callable[[dict], None] | None = 
         loss.backward()
         optimizer.step()
         update += 1
+        while pending and real_steps >= pending[0]:
+            seed = 2 * 10**9 + config.seed * 10_000
+            snapshot = run_episodes(policy.act, config.snapshot_episodes, seed=seed, env_id=config.env_id)
+            snapshots[pending.pop(0)] = (real_steps, mean_return(snapshot))
         if real_steps >= next_eval or real_steps >= config.max_real_steps:
             next_eval += config.eval_every_steps
             evaluation = run_episodes(
@@ -97,4 +106,4 @@ def run_reinforce(config: ReinforceConfig, log: Callable[[dict], None] | None = 
             history.append(row)
             if log is not None:
                 log(row)
-    return ReinforceResult(history, policy, asdict(config))
+    return ReinforceResult(history, policy, asdict(config), snapshots)
