@@ -98,12 +98,23 @@ def plot(records: list[dict], path: Path) -> None:
     for i, rec in enumerate(records):
         color = f"C{i}"
         d = rec["dyna_history"]
-        ax.plot([r["real_steps"] for r in d], [r["eval_return"] for r in d], "-o", color=color, ms=3,
-                label=f"world model + {rec['estimator']} (seed {rec['seed']})")
+        ax.plot(
+            [r["real_steps"] for r in d],
+            [r["eval_return"] for r in d],
+            "-o",
+            color=color,
+            ms=3,
+            label=f"world model + {rec['estimator']} (seed {rec['seed']})",
+        )
         ax.plot(rec["real_steps_used"], rec["final_return_100"], "*", color=color, ms=12)
         r = rec["reinforce_history"]
-        ax.plot([x["real_steps"] for x in r], [x["eval_return"] for x in r], ":", color=color,
-                label=f"REINFORCE (seed {rec['seed']})")
+        ax.plot(
+            [x["real_steps"] for x in r],
+            [x["eval_return"] for x in r],
+            ":",
+            color=color,
+            label=f"REINFORCE (seed {rec['seed']})",
+        )
     ax.axhline(195, color="k", lw=0.8, ls="--", label="target 195")
     ax.set_xlabel("real environment steps (training)")
     ax.set_ylabel("mean real return (10 episodes; star: 100)")

@@ -64,7 +64,8 @@ def main(argv=None) -> dict:
     final = mean_return(episodes)
     print(f"mean return over {len(episodes)} real episodes: {final:.1f} after {steps} real training steps")
     loglik = result.world.log_likelihood(held_out, n_samples=8)
-    print("world model, held-out nats per step: " + ", ".join(f"{k.upper()} {v:.2f}" for k, v in loglik.items()))
+    bounds = ", ".join(f"{k.upper()} {v:.2f}" for k, v in loglik.items())
+    print(f"world model, held-out nats per step: {bounds}")
     horizons = tuple(h for h in (10, 25, 50) if h <= max(len(e) for e in held_out)) or (1,)
     errors = open_loop_error(result.world, held_out, horizons, n_samples=8)
     for h, err in errors.items():
