@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", choices=("vrnn", "srnn"), default="vrnn")
     parser.add_argument("--loss", choices=("elbo", "iwae", "fivo"), default="elbo")
     parser.add_argument("--samples", type=int, default=1, help="samples / particles of the model's loss")
-    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--steps-per-iteration", type=int, default=1000, help="real steps per iteration")
     parser.add_argument("--model-steps", type=int, default=150, help="model refit steps per iteration")
     parser.add_argument("--policy-updates", type=int, default=30, help="imagined updates per iteration")

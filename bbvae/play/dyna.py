@@ -31,7 +31,7 @@ class DynaConfig:
     max_real_steps: int = 30_000  # real environment steps for training, in total
     initial_steps: int = 1_000  # random-policy steps before the first model fit
     steps_per_iteration: int = 1_000  # real steps collected with the policy per iteration
-    n_iterations: int = 6  # at most this many iterations
+    n_iterations: int = 8  # at most this many iterations
     # world model
     model: str = "vrnn"
     latent_size: int = 8
@@ -132,6 +132,7 @@ def run_dyna(config: DynaConfig, log: Callable[[dict], None] | None = None) -> D
         10_000,
         seed=config.seed * 100_000,
         max_steps=config.initial_steps,
+        n_envs=1,
         env_id=config.env_id,
     )
     real_steps = sum(len(e) for e in episodes)
@@ -187,6 +188,7 @@ def run_dyna(config: DynaConfig, log: Callable[[dict], None] | None = None) -> D
             10_000,
             seed=config.seed * 100_000 + real_steps + 1,
             max_steps=budget,
+            n_envs=1,
             env_id=config.env_id,
         )
         episodes.extend(new)

@@ -68,8 +68,10 @@ def run_episodes(
     """Run ``act`` for ``n_episodes`` episodes (or until ``max_steps`` steps in total).
 
     Up to ``n_envs`` environments run in lockstep, so ``act`` sees a batch of observations.
-    Environment ``j`` of the ``i``-th wave is reset with seed ``seed + i * n_envs + j``.
-    Episodes still running when ``max_steps`` is reached are returned cut (``terminated=False``).
+    The ``k``-th episode started is reset with seed ``seed + k``. Episodes still running when
+    ``max_steps`` is reached are returned cut (``terminated=False``). The budget is shared by the
+    episodes running at once, so to collect whole episodes under a budget use ``n_envs=1`` (only the
+    last episode is then cut); ``n_envs > 1`` suits evaluation without a budget.
 
     Returns:
         the episodes, in the order they were started; ``sum(len(e))`` never exceeds ``max_steps``.

@@ -23,7 +23,8 @@ def open_loop_error(
 
     Returns:
         ``{h: {"rmse": [obs_dim] per-dimension RMSE in physical units, "nrmse": RMSE of the errors
-        divided by the per-dimension standard deviation of the real ``s_h``, "n_episodes": int}}``
+        divided by the per-dimension standard deviation of all states of ``episodes``,
+        "n_episodes": int}}``
         for each horizon with at least one episode of ``>= h`` steps (episodes that ended earlier
         are left out of that horizon).
     """
@@ -47,13 +48,13 @@ def open_loop_error(
         state, s, _, _, _ = world.imagine_step(state, s, F.one_hot(a, world.n_actions))
         predicted.append(s)
     mean = torch.stack(predicted, 1).reshape(n, n_samples, steps, -1).mean(1)  # [N, steps, obs_dim]
+    std = torch.cat([e.states for e in usable]).to(real).std(0).clamp_min(1e-6)  # [obs_dim]
     out: dict[int, dict[str, object]] = {}
     for h in horizons:
         keep = lengths >= h
         if h > steps or not bool(keep.any()):
             continue
         err = mean[keep, h - 1] - real[keep, h]  # [n_h, obs_dim]
-        std = real[keep, h].std(0).clamp_min(1e-6) if int(keep.sum()) > 1 else world.state_scale
         out[h] = {
             "rmse": err.square().mean(0).sqrt().tolist(),
             "nrmse": float((err / std).square().mean().sqrt()),

@@ -27,7 +27,7 @@ class ReinforceConfig:
     seed: int = 0
     env_id: str = "CartPole-v1"
     max_real_steps: int = 30_000
-    steps_per_update: int = 500
+    steps_per_update: int = 2_000
     gamma: float = 0.99
     learning_rate: float = 1e-2
     entropy_weight: float = 0.01
@@ -66,6 +66,7 @@ def run_reinforce(config: ReinforceConfig, log: Callable[[dict], None] | None = 
             10_000,
             seed=config.seed * 1_000_003 + real_steps,
             max_steps=budget,
+            n_envs=1,
             env_id=config.env_id,
         )
         real_steps += sum(len(e) for e in episodes)
