@@ -13,7 +13,7 @@ The :class:`~bbvae.training.Trainer` checkpoint layout (``format`` ``"bbvae.trai
 ==========================  ====================================================================
 key                         content
 ==========================  ====================================================================
-``format``, ``version``     ``"bbvae.trainer"``, ``1``
+``format``, ``version``     ``"bbvae.trainer"``, ``2`` (version 1 checkpoints still resume)
 ``config``                  the trainer's settings (see :meth:`Trainer.config`)
 ``loss_class``              qualified class name of the loss
 ``param_shapes``            ``{name: [sizes]}`` of the loss's state dict
@@ -21,7 +21,10 @@ key                         content
 ``optimizer_state``         ``optimizer.state_dict()``
 ``step``, ``epoch``         optimizer steps taken, epochs completed
 ``batch_in_epoch``          batches of the current epoch already used
-``epoch_generator_state``   the shuffling generator's state when the current epoch began
+``epoch_order``             the current epoch's batches as drawn when it began: ``{"indices",
+                            "sizes"}`` long tensors (flat item indices, batch sizes), or None
+``generator_state``         the shuffling generator's state now (version 1 kept instead
+                            ``epoch_generator_state``, its state when the epoch began)
 ``rng``                     one :func:`capture_rng_state` dict per process (rank order)
 ``loss_history``            ``list[float]``, training loss (negative bound) of every step
 ``valid_history``, ...      validation bounds, the steps they were taken at, the best one

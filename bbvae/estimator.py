@@ -1,281 +1,53 @@
-"""scikit-learn-style estimators: ``VAE`` for static latent-variable models, and the parameter mixin.
+"""scikit-learn-style estimator for static latent-variable models: :class:`VAE`.
 
 ``VAE(inf_net, gen_model, loss="iwae", ...)`` stores its hyper-parameters; ``fit(X)`` trains copies
 of the two networks with a :class:`~bbvae.training.Trainer` and returns the estimator;
 ``score_samples(X)`` / ``score(X)`` estimate log p(x); ``sample(n)`` draws from the trained model.
-The sequence-model counterpart is :class:`bbvae.sequential.estimator.SequenceModel`.
-
-The contract follows scikit-learn's (``sklearn/base.py``, ``sklearn/mixture/_base.py``):
-
-* ``__init__`` only stores its keyword arguments, unchanged, under the same names, so
-  :meth:`EstimatorMixin.get_params` / :meth:`EstimatorMixin.set_params` read them back from the
-  signature and ``sklearn.base.clone`` works (scikit-learn is not a dependency);
-* hyper-parameters are validated in ``fit``, not in ``__init__``;
-* what is learned from data ends in ``_`` (``inf_net_``, ``loss_history_``, ``n_iter_``...);
-* ``score_samples`` / ``score`` / ``sample`` before ``fit`` raise :class:`~bbvae.NotFittedError`.
+The sequence-model counterpart is :class:`bbvae.sequential.estimator.SequenceModel`; the parameter
+contract both follow (and the helpers re-exported here) is in :mod:`bbvae.estimator_base`.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bbvae._validation import shape_str
-from bbvae.base import NotFittedError
+from bbvae.estimator_base import (
+    EstimatorMixin,
+    check_choice,
+    check_float,
+    check_int,
+    check_is_fitted,
+    check_random_state,
+    make_trainer,
+    resolve_device,
+    split_callbacks,
+    trainer_results,
+)
 from bbvae.evaluation import log_likelihood
 from bbvae.losses.base import Loss
-from bbvae.training import Callback, Trainer, set_seed
+from bbvae.training import Callback, set_seed
 
-__all__ = ["VAE", "EstimatorMixin", "check_is_fitted"]
-
-
-# ============================================================================ parameters
-class EstimatorMixin:
-    """``get_params`` / ``set_params`` / ``repr`` read from the signature of ``__init__`` (as in sklearn).
-
-    A subclass's ``__init__`` takes explicit keyword parameters only (no ``*args`` or
-    ``**kwargs``) and stores each, unchanged, as an attribute of the same name.
-    """
-
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        init = cls.__init__
-        if init is object.__init__:
-            return []
-        names = []
-        for p in inspect.signature(init).parameters.values():
-            if p.name == "self":
-                continue
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise TypeError(
-                    f"{cls.__name__}: an estimator's __init__ must name its parameters explicitly, got {p}"
-                )
-            names.append(p.name)
-        return sorted(names)
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The hyper-parameters as ``{name: value}``.
-
-        Args:
-            deep: also return the parameters of nested estimators (objects with ``get_params``) as
-                ``name__parameter``.
-        """
-        out: dict[str, Any] = {}
-        for name in self._get_param_names():
-            value = getattr(self, name)
-            if deep and hasattr(value, "get_params") and not isinstance(value, type):
-                out.update((f"{name}__{k}", v) for k, v in value.get_params().items())
-            out[name] = value
-        return out
-
-    def set_params(self, **params: Any):
-        """Set hyper-parameters (``name=value``, or ``name__parameter=value`` for a nested estimator).
-
-        Returns:
-            self.
-
-        Raises:
-            ValueError: a name is not a parameter of this estimator.
-        """
-        if not params:
-            return self
-        valid = self.get_params(deep=True)
-        nested: dict[str, dict[str, Any]] = {}
-        for key, value in params.items():
-            name, sep, sub = key.partition("__")
-            if name not in valid:
-                raise ValueError(
-                    f"{type(self).__name__}.set_params: invalid parameter {name!r}; valid parameters are "
-                    f"{sorted(self._get_param_names())}"
-                )
-            if sep:
-                nested.setdefault(name, {})[sub] = value
-            else:
-                setattr(self, name, value)
-                valid[name] = value
-        for name, sub_params in nested.items():
-            valid[name].set_params(**sub_params)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            p.name: p.default
-            for p in inspect.signature(type(self).__init__).parameters.values()
-            if p.default is not inspect.Parameter.empty
-        }
-        shown = []
-        for name in self._get_param_names():
-            value = getattr(self, name, None)
-            if name in defaults and _same(value, defaults[name]):
-                continue
-            text = f"{type(value).__name__}(...)" if isinstance(value, nn.Module) else repr(value)
-            shown.append(f"{name}={text}")
-        return f"{type(self).__name__}({', '.join(shown)})"
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return "loss_" in vars(self)
-
-    def __sklearn_tags__(self):
-        """scikit-learn's estimator tags (only scikit-learn >= 1.6 calls this, so it is imported here)."""
-        from sklearn.utils import Tags, TargetTags
-
-        return Tags(
-            estimator_type="density_estimator",
-            target_tags=TargetTags(required=False),
-            non_deterministic=True,
-        )
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        return bool(a == b) and type(a) is type(b)
-    except Exception:  # tensors, arrays: compare by identity only
-        return False
-
-
-def check_is_fitted(estimator: Any, method: str) -> None:
-    """Raise :class:`~bbvae.NotFittedError` unless ``estimator`` was fitted."""
-    if not estimator.__sklearn_is_fitted__():
-        name = type(estimator).__name__
-        raise NotFittedError(
-            f"This {name} instance is not fitted yet; call fit(X) before {method}() "
-            f"(e.g. {name}(...).fit(X).{method}(...))"
-        )
-
-
-# ============================================================================ shared helpers
-def check_choice(name: str, value: Any, choices: Sequence[str], where: str) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{where}: expected {name} in {tuple(choices)}, got {value!r}")
-    return value
-
-
-def check_int(name: str, value: Any, where: str, minimum: int = 1, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        expected = "an int or None" if optional else "an int"
-        raise TypeError(f"{where}: expected {name} to be {expected}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{where}: expected {name} >= {minimum}, got {value}")
-
-
-def check_float(name: str, value: Any, where: str, low: float = 0.0, strict: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{where}: expected {name} to be a finite number, got {value!r}")
-    if value < low or (strict and value == low):
-        raise ValueError(f"{where}: expected {name} {'>' if strict else '>='} {low}, got {value}")
-
-
-def check_random_state(value: Any, where: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise TypeError(f"{where}: expected random_state to be an int or None, got {type(value).__name__}")
-
-
-def resolve_device(device: Any, where: str) -> torch.device | None:
-    """``None`` or a valid, available ``torch.device``."""
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"{where}: invalid device {device!r} ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{where}: device {device!r} requested, but CUDA is not available")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{where}: device {device!r} requested, but MPS is not available")
-    return dev
-
-
-class _EstimatorCallback(Callback):
-    """Mirrors the trainer's progress onto the estimator and calls the user's functions with it."""
-
-    def __init__(self, estimator: Any, functions: list[Callable]) -> None:
-        self.estimator = estimator
-        self.functions = functions
-
-    def _sync(self, trainer: Trainer) -> None:
-        est = self.estimator
-        est.loss_history_ = list(trainer.loss_history_)
-        est.valid_history_ = list(trainer.valid_history_)
-        est.n_iter_ = trainer.n_iter_
-
-    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        self._sync(trainer)
-        for fn in self.functions:
-            if fn(self.estimator) is True:
-                trainer.stop_training = True
-
-
-def split_callbacks(callbacks: Any, where: str) -> tuple[list[Callable], list[Callback]]:
-    """User callbacks: plain functions ``fn(estimator)`` and :class:`~bbvae.training.Callback` objects."""
-    if callbacks is None:
-        return [], []
-    if callable(callbacks) and not isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    functions, objects = [], []
-    for cb in callbacks:
-        if isinstance(cb, Callback):
-            objects.append(cb)
-        elif callable(cb):
-            functions.append(cb)
-        else:
-            raise TypeError(
-                f"{where}: expected callbacks to be functions fn(estimator) or bbvae.training.Callback "
-                f"objects, got {type(cb).__name__}"
-            )
-    return functions, objects
-
-
-def make_trainer(estimator: Any, loss: Loss, where: str, **extra: Any) -> Trainer:
-    """The :class:`~bbvae.training.Trainer` an estimator's hyper-parameters describe.
-
-    Also resets the estimator's histories; ``extra`` adds Trainer keywords (``evaluate_fn``).
-    """
-    functions, objects = split_callbacks(estimator.callbacks, where)
-    estimator.loss_history_, estimator.valid_history_, estimator.n_iter_ = [], [], 0
-    trainer = Trainer(
-        loss,
-        optimizer=estimator.optimizer,
-        learning_rate=estimator.learning_rate,
-        batch_size=estimator.batch_size,
-        max_steps=estimator.max_steps,
-        max_epochs=estimator.max_epochs,
-        clip_grad_norm=estimator.clip_grad_norm,
-        log_every=estimator.log_every,
-        checkpoint_every=estimator.checkpoint_every,
-        eval_every=estimator.eval_every,
-        patience=estimator.patience,
-        logdir=estimator.logdir,
-        seed=estimator.random_state,
-        progress=bool(estimator.progress),
-        callbacks=[_EstimatorCallback(estimator, functions), *objects],
-        **extra,
-    )
-    estimator.trainer_ = trainer
-    return trainer
-
-
-def trainer_results(estimator: Any, trainer: Trainer) -> None:
-    """Copy a finished trainer's histories onto the estimator."""
-    estimator.trainer_ = trainer
-    estimator.loss_history_ = list(trainer.loss_history_)
-    estimator.valid_history_ = list(trainer.valid_history_)
-    estimator.n_iter_ = trainer.n_iter_
-    estimator.n_epochs_ = trainer.n_epochs_
-    estimator.stop_reason_ = trainer.stop_reason_
-    estimator.seed_ = trainer.seed_
+__all__ = [
+    "VAE",
+    "EstimatorMixin",
+    "check_choice",
+    "check_float",
+    "check_int",
+    "check_is_fitted",
+    "check_random_state",
+    "make_trainer",
+    "resolve_device",
+    "split_callbacks",
+    "trainer_results",
+]
 
 
 # ============================================================================ VAE
@@ -313,9 +85,19 @@ class VAE(EstimatorMixin):
         max_epochs: stop after this many passes over the data (None: no limit by epochs). At
             least one of the two must be set.
         clip_grad_norm: clip the gradient 2-norm to this value (None: no clipping).
+        weight_decay: decoupled weight decay (AdamW; with ``optimizer="adam"`` the optimizer
+            becomes AdamW).
+        lr_schedule: ``None``, ``"plateau"``, ``"cosine"``, ``"step"`` or a callable
+            ``optimizer -> scheduler``; see :class:`~bbvae.training.Trainer`.
+        lr_schedule_kwargs: keywords of the scheduler.
+        warmup_steps: linear learning-rate warm-up over the first steps.
+        ema_decay: keep an exponential moving average of the weights with this decay; validation,
+            model selection and the fitted model use the average.
         n_samples_eval: importance samples per data point in :meth:`score_samples`.
         eval_every: steps between validations on ``X_valid`` (None: once per epoch).
         patience: early stopping after this many validations without improvement (None: never).
+        restore_best: with validation data, the fitted model is the best-validation one
+            (``best_step_``), not the last iterate.
         log_every: steps between logging points, where ``loss_history_`` is updated and the
             callbacks run.
         checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
@@ -356,9 +138,15 @@ class VAE(EstimatorMixin):
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         clip_grad_norm: float | None = None,
+        weight_decay: float = 0.0,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
         n_samples_eval: int = 100,
         eval_every: int | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         log_every: int = 50,
         checkpoint_every: int = 1000,
         device: str | torch.device | None = None,
@@ -378,9 +166,15 @@ class VAE(EstimatorMixin):
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
         self.patience = patience
+        self.restore_best = restore_best
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -432,12 +226,16 @@ class VAE(EstimatorMixin):
         check_int("n_samples_eval", self.n_samples_eval, where)
         check_int("eval_every", self.eval_every, where, optional=True)
         check_int("patience", self.patience, where, optional=True)
+        check_float("weight_decay", self.weight_decay, where, strict=False)
+        check_int("warmup_steps", self.warmup_steps, where, minimum=0)
         check_int("log_every", self.log_every, where)
         check_int("checkpoint_every", self.checkpoint_every, where)
         check_random_state(self.random_state, where)
         return loss_cls, resolve_device(self.device, where)
 
-    def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor:
+    def _as_data(self, X, where: str, like: nn.Module) -> torch.Tensor | Dataset | DataLoader:
+        if isinstance(X, (Dataset, DataLoader)):
+            return X  # rows as they come (float batches take the model's dtype in the trainer)
         if isinstance(X, np.ndarray):
             X = torch.as_tensor(X)
         if not isinstance(X, torch.Tensor):
@@ -460,7 +258,9 @@ class VAE(EstimatorMixin):
 
         Args:
             X: data ``[N, *obs_shape]`` (Tensor or numpy array; floats take the dtype of
-                ``gen_model``'s parameters and must be finite).
+                ``gen_model``'s parameters and must be finite), or a torch ``Dataset`` of rows
+                ``[*obs_shape]`` or a ``DataLoader`` of batches ``[B, *obs_shape]`` (its sampler,
+                workers and pinning decide the batches).
             y: ignored (scikit-learn API).
             X_valid: optional validation rows, evaluated every ``eval_every`` steps (or every
                 epoch) for ``valid_history_`` and early stopping.
@@ -480,17 +280,18 @@ class VAE(EstimatorMixin):
             inf_net.to(device)
             gen_model.to(device)
         X = self._as_data(X, where, gen_model)
+        obs_shape = _row_shape(X, where)
         if X_valid is not None:
             X_valid = self._as_data(X_valid, where, gen_model)
-            if X_valid.shape[1:] != X.shape[1:]:
+            if _row_shape(X_valid, where) != obs_shape:
                 raise ValueError(
-                    f"{where}: X_valid rows have shape {shape_str(list(X_valid.shape[1:]))}, "
-                    f"but X rows have {shape_str(list(X.shape[1:]))}"
+                    f"{where}: X_valid rows have shape {shape_str(list(_row_shape(X_valid, where)))}, "
+                    f"but X rows have {shape_str(list(obs_shape))}"
                 )
         loss = loss_cls(inf_net, gen_model, n_samples=self.n_samples, **(self.loss_options or {}))
         trainer = make_trainer(self, loss, where)  # checks the callbacks first
         self.inf_net_, self.gen_model_, self.loss_ = inf_net, gen_model, loss
-        self.obs_shape_ = tuple(X.shape[1:])
+        self.obs_shape_ = obs_shape
         trainer.fit(X, X_valid, resume=resume)
         trainer_results(self, trainer)
         inf_net.eval()
@@ -558,6 +359,27 @@ class VAE(EstimatorMixin):
         check_int("n", n, f"{type(self).__name__}.sample")
         x, z = self.gen_model_.sample(n)
         return x.cpu(), z.cpu()
+
+
+def _row_shape(X, where: str) -> tuple[int, ...]:
+    """The shape of one data point of a Tensor ``[N, ...]``, a Dataset of rows or a DataLoader."""
+    if isinstance(X, torch.Tensor):
+        return tuple(X.shape[1:])
+    if isinstance(X, DataLoader):
+        if isinstance(X.dataset, IterableDataset) or X.batch_size is None:
+            batch = next(iter(X))
+            batch = batch[0] if isinstance(batch, (list, tuple)) else batch
+            return tuple(torch.as_tensor(batch).shape[1:])
+        X = X.dataset
+    if len(X) == 0:
+        raise ValueError(f"{where}: the Dataset holds no data point")
+    row = X[0]
+    row = row[0] if isinstance(row, (list, tuple)) and len(row) == 1 else row
+    if not isinstance(row, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            f"{where}: expected the Dataset's items to be Tensors [*obs_shape], got {type(row).__name__}"
+        )
+    return tuple(torch.as_tensor(row).shape)
 
 
 def _device_of(module: nn.Module, default: torch.Tensor) -> torch.device:

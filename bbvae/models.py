@@ -22,13 +22,18 @@ from bbvae.base import GenModel, InfNet
 _MAX_ENUMERATED_LATENTS = 20
 
 
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    """Fully connected network ``sizes[0] -> ... -> sizes[-1]``, no activation after the last layer."""
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.Tanh, dropout: float = 0.0) -> nn.Sequential:
+    """Fully connected network ``sizes[0] -> ... -> sizes[-1]``, no activation after the last layer.
+
+    With ``dropout > 0`` every hidden activation is followed by ``nn.Dropout(dropout)``, inside the
+    activation's slot, so the state-dict names are those of the network without dropout (weights
+    trained with dropout load into a model built without it, and back).
+    """
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
-            layers.append(activation())
+            layers.append(activation() if dropout <= 0 else nn.Sequential(activation(), nn.Dropout(dropout)))
     return nn.Sequential(*layers)
 
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict:
     from bbvae.data import PianoRollData
     from bbvae.losses import ELBO, FIVO, IWAE, PerStep
     from bbvae.sequential import VRNN, evaluate
-    from bbvae.training import Callback, DatasetSplit, Trainer
+    from bbvae.training import Callback, Trainer
 
     class Budget(Callback):
         """Stops after ``seconds`` of training; prints a progress line at every log row."""
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
             callbacks=[Budget(bound, 60.0 * args.minutes)],
         )
         wall, cpu = time.perf_counter(), time.process_time()
-        trainer.fit(DatasetSplit(data, "train"))
+        trainer.fit(data.dataset("train", inputs=False))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

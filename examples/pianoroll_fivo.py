@@ -37,7 +37,7 @@ from bbvae.data import PianoRollData
 from bbvae.losses import ELBO, FIVO, IWAE, Loss, PerStep
 from bbvae.sequential import VRNN, evaluate
 from bbvae.sequential.sampling import sample_sequences
-from bbvae.training import Callback, DatasetSplit, Trainer
+from bbvae.training import Callback, Trainer
 
 BOUNDS = ("elbo", "iwae", "fivo")
 #: FIVO paper (Maddison et al. 2017), Table 1: VRNN on JSB chorales, 4 particles, test nats/step.
@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         progress=args.progress,
         callbacks=[budget],
     )
-    valid = DatasetSplit(data, "valid") if args.eval_every is not None else None
+    valid = data.dataset("valid", inputs=False) if args.eval_every is not None else None
     t0 = time.perf_counter()
-    trainer.fit(DatasetSplit(data, "train"), valid)
+    trainer.fit(data.dataset("train", inputs=False), valid)
     seconds = time.perf_counter() - t0
     steps = trainer.n_iter_
     history = trainer.loss_history_

@@ -268,4 +268,22 @@ def test_python_dash_m_entry_point():
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "usage: bbvae" in done.stdout and "{train,eval,sample}" in done.stdout
+    assert "usage: bbvae" in done.stdout and "{train,eval,sample,plot}" in done.stdout
+
+
+def test_length_bucketing_is_a_training_setting(tmp_path, capsys):
+    logdir = tmp_path / "bucketed"
+    run(
+        capsys,
+        "train",
+        "--logdir",
+        str(logdir),
+        "--dataset-type",
+        "synthetic",
+        "--length-bucketing",
+        "2",
+        *TINY,
+    )
+    assert json.loads((logdir / "config.json").read_text())["settings"]["length_bucketing"] == 2
+    state = torch.load(logdir / "last.pt", weights_only=False)
+    assert state["config"]["length_bucketing"] == 2

@@ -14,20 +14,10 @@ import torch
 from torch import nn
 
 from bbvae.checkpoint import CheckpointError, load_checkpoint
-from bbvae.data import PianoRollData, SequenceBatch
+from bbvae.data import PianoRollData, SequenceBatch, SequenceDataset, collate_sequences
 from bbvae.losses import IWAE, Loss, log_mean_exp
 from bbvae.models import GaussianInfNet, LinearGaussianGenModel
-from bbvae.training import (
-    Callback,
-    DatasetSplit,
-    NonFiniteLossError,
-    PaddedSequenceData,
-    SequenceData,
-    TensorData,
-    Trainer,
-    as_batch_source,
-    set_seed,
-)
+from bbvae.training import Callback, NonFiniteLossError, Trainer, as_dataset, set_seed
 
 X_DIM, Z_DIM = 4, 2
 
@@ -401,7 +391,7 @@ def test_inputs_are_passed_with_use_inputs():
     seqs = _sequences(6)
     inputs = [torch.ones(len(s), 3, dtype=torch.float64) for s in seqs]
     loss = FramewiseIWAE(*_nets(), exact=True)
-    Trainer(loss, batch_size=3, max_steps=2, use_inputs=True, **QUIET).fit(SequenceData(seqs, inputs))
+    Trainer(loss, batch_size=3, max_steps=2, use_inputs=True, **QUIET).fit(SequenceDataset(seqs, inputs))
     assert [has for _, _, has in loss.seen] == [True, True]
     with pytest.raises(ValueError, match="use_inputs=True.*inputs=None"):
         Trainer(loss, batch_size=3, max_steps=2, use_inputs=True, **QUIET).fit(seqs)
@@ -427,55 +417,65 @@ def test_pianoroll_data_split():
 
     loss = PianoLoss()
     trainer = Trainer(loss, learning_rate=0.1, batch_size=2, max_epochs=1, use_inputs=True, **QUIET)
-    trainer.fit(DatasetSplit(data, "train"), valid_data=DatasetSplit(data, "valid"))
+    trainer.fit(data.dataset("train"), valid_data=data.dataset("valid"))
     assert trainer.n_iter_ == 3
     assert sorted(int(t) for _, lengths, _ in loss.seen[:3] for t in lengths) == [2, 3, 4, 5, 6]
     for x_shape, lengths, inputs_shape in loss.seen:
         assert x_shape == inputs_shape == (len(lengths), int(lengths.max()), 88)
-    with pytest.raises(TypeError, match="DatasetSplit"):
+    with pytest.raises(TypeError, match=r"data.dataset\('train'\)"):
         Trainer(loss, max_steps=1, **QUIET).fit(data)
 
 
 # --------------------------------------------------------------------------- data adapters
-def test_tensor_data_shuffles_every_row_once_per_epoch():
-    x = torch.arange(10.0).unsqueeze(1)  # [10, 1]
-    source = as_batch_source(x)
-    assert isinstance(source, TensorData) and source.num_batches(4) == 3
-    gen = torch.Generator().manual_seed(0)
-    epoch1 = [b.squeeze(1).tolist() for b in source.batches(4, shuffle=True, generator=gen)]
-    epoch2 = [b.squeeze(1).tolist() for b in source.batches(4, shuffle=True, generator=gen)]
+class RowRecorder(ExactLogLik):
+    """Records the rows (first coordinate) of every training batch."""
+
+    def __init__(self):
+        super().__init__(*_nets())
+        self.rows: list[list[float]] = []
+
+    def estimate(self, x, **context):
+        if self.training:
+            self.rows.append(x[:, 0].tolist())
+        return super().estimate(x)
+
+
+def test_a_tensor_is_shuffled_every_row_once_per_epoch():
+    x = torch.arange(10.0, dtype=torch.float64).unsqueeze(1).expand(10, X_DIM)  # row i holds i
+    runs = []
+    for _ in range(2):
+        loss = RowRecorder()
+        Trainer(loss, learning_rate=0.0, batch_size=4, max_epochs=2, seed=3, **QUIET).fit(x)
+        runs.append(loss.rows)
+    epoch1, epoch2 = runs[0][:3], runs[0][3:]
     assert [len(b) for b in epoch1] == [4, 4, 2]
     assert sorted(sum(epoch1, [])) == sorted(sum(epoch2, [])) == list(range(10))
-    assert epoch1 != epoch2
-    again = torch.Generator().manual_seed(0)
-    assert [b.squeeze(1).tolist() for b in source.batches(4, shuffle=True, generator=again)] == epoch1
-    assert [b.squeeze(1).tolist() for b in source.batches(4, shuffle=False, generator=None)][0] == [
-        0,
-        1,
-        2,
-        3,
-    ]
+    assert epoch1 != epoch2 and runs[0] == runs[1]  # reshuffled every epoch; the seed repeats it
 
 
-def test_sequence_adapters_pad_and_trim():
+def test_collate_and_dataset_adapters_pad_and_trim():
     seqs = [torch.full((t, 2), float(t)) for t in (3, 1, 2)]
-    (batch,) = SequenceData(seqs).batches(3)
+    batch = collate_sequences(seqs)
     assert isinstance(batch, SequenceBatch) and batch.inputs is None
     assert batch.x.shape == (3, 3, 2) and batch.lengths.tolist() == [3, 1, 2]
     assert batch.x[1, 1:].abs().sum() == 0 and batch.x[2, :2].eq(2.0).all()
-    padded = PaddedSequenceData(batch)
-    assert as_batch_source(batch).__class__ is PaddedSequenceData
-    first, second = padded.batches(2)
-    assert first.x.shape == (2, 3, 2) and second.x.shape == (1, 2, 2)  # cut to the longest
-    assert torch.equal(second.x, batch.x[2:, :2])
+    # A whole padded split becomes a Dataset of its rows cut to their lengths.
+    rows = as_dataset(batch, "data")
+    assert [tuple(rows[i].shape) for i in range(3)] == [(3, 2), (1, 2), (2, 2)]
+    assert torch.equal(
+        collate_sequences([rows[2], rows[1]]).x, torch.stack([seqs[2], torch.cat([seqs[1], seqs[1] * 0])])
+    )
+    # (x, inputs) items collate their inputs too.
+    pairs = collate_sequences([(s, s[:, :1] + 1) for s in seqs])
+    assert pairs.inputs.shape == (3, 3, 1) and pairs.inputs[1, 1:].abs().sum() == 0
     with pytest.raises(
         ValueError, match=r"sequences\[1\] has shape \[2, 3\], but sequences\[0\] has \[2, 2\]"
     ):
-        SequenceData([torch.zeros(2, 2), torch.zeros(2, 3)])
+        SequenceDataset([torch.zeros(2, 2), torch.zeros(2, 3)])
     with pytest.raises(TypeError, match="torch.as_tensor"):
-        as_batch_source(np.zeros((3, 2)))
-    with pytest.raises(TypeError, match="batches"):
-        as_batch_source(3)
+        as_dataset(np.zeros((3, 2)), "data")
+    with pytest.raises(TypeError, match="Dataset or DataLoader"):
+        as_dataset(3, "data")
 
 
 # --------------------------------------------------------------------------- misc

@@ -11,10 +11,16 @@ device from the ``dtype`` / ``device`` arguments only.
 - :mod:`bbvae.data.midi`: MIDI files to piano rolls and back (optional dependency ``mido``;
   imported lazily by its functions).
 - :mod:`bbvae.data.synthetic`: sequences drawn from a GaussianHMM with known parameters.
-- :mod:`bbvae.data.batching`: :class:`SequenceBatch` and the batch order.
+- :mod:`bbvae.data.batching`: :class:`SequenceBatch`, :func:`collate_sequences` (the one collate
+  function) and the batch order.
+- :mod:`bbvae.data.datasets`: the ``torch.utils.data`` contract of sequence data
+  (:class:`SequenceDataset`; each data set's ``dataset(split)`` gives one).
+- :mod:`bbvae.data.samplers`: :class:`RandomBatchSampler`, :class:`BucketBatchSampler` (length
+  bucketing) and :func:`padding_fraction`.
 """
 
-from .batching import SequenceBatch, batch_indices
+from .batching import SequenceBatch, batch_indices, collate_sequences
+from .datasets import SequenceDataset, TensorRows, collate_fn_of, sequence_lengths
 from .midi import load_midi_folder, midi_to_pianoroll, pianoroll_to_midi
 from .pianoroll import (
     HIGHEST_NOTE,
@@ -23,6 +29,7 @@ from .pianoroll import (
     NUM_KEYS,
     SPLITS,
     PianoRollData,
+    PianoRollDataset,
     PianoRollFormatError,
     load_pianoroll,
     notes_to_roll,
@@ -31,9 +38,11 @@ from .pianoroll import (
     pianorolls_from_notes,
     roll_to_notes,
 )
+from .samplers import BucketBatchSampler, RandomBatchSampler, padding_fraction
 from .synthetic import SyntheticData, gaussian_hmm_data, pad_sequences
 from .text import (
     TextData,
+    TextDataset,
     Vocabulary,
     load_text,
     text_batch,
@@ -47,13 +56,21 @@ __all__ = [
     "LOWEST_NOTE",
     "NUM_KEYS",
     "SPLITS",
+    "BucketBatchSampler",
     "PianoRollData",
+    "PianoRollDataset",
+    "RandomBatchSampler",
     "PianoRollFormatError",
     "SequenceBatch",
+    "SequenceDataset",
     "SyntheticData",
+    "TensorRows",
     "TextData",
+    "TextDataset",
     "Vocabulary",
     "batch_indices",
+    "collate_fn_of",
+    "collate_sequences",
     "gaussian_hmm_data",
     "load_midi_folder",
     "load_pianoroll",
@@ -61,11 +78,13 @@ __all__ = [
     "midi_to_pianoroll",
     "notes_to_roll",
     "pad_sequences",
+    "padding_fraction",
     "pianoroll_batch",
     "pianoroll_batches",
     "pianoroll_to_midi",
     "pianorolls_from_notes",
     "roll_to_notes",
+    "sequence_lengths",
     "text_batch",
     "text_batches",
     "text_sequences",

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SequenceBatch", "batch_indices"]
+__all__ = ["SequenceBatch", "batch_indices", "collate_sequences"]
 
 
 class SequenceBatch(NamedTuple):
@@ -96,3 +96,46 @@ def batch_indices(
         perm = torch.randperm(len(batches), generator=generator, device=_device_of(generator))
         batches = [batches[i] for i in perm.tolist()]
     return batches
+
+
+def collate_sequences(items: Sequence, inputs: Sequence[torch.Tensor] | None = None) -> SequenceBatch:
+    """Pad ``B`` sequences into one :class:`SequenceBatch`: the ``collate_fn`` of sequence data.
+
+    Args:
+        items: ``B`` sequences, each a Tensor (or array) ``x_i`` ``[T_i, *obs_shape]``, ``T_i >= 1``,
+            or a pair ``(x_i, inputs_i)`` with side inputs ``[T_i, d_in]`` (or None): the items of
+            a sequence Dataset (see :mod:`bbvae.data.datasets`). All of one dtype and step shape.
+        inputs: side inputs of plain-tensor ``items``, ``B`` tensors ``[T_i, d_in]`` (optional).
+
+    Returns:
+        ``SequenceBatch(x [B, max T_i, *obs_shape], lengths [B] long, inputs [B, max T_i, d_in]
+        or None)``, zeros past each length, on the items' device and in their dtype.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("collate_sequences: expected at least one sequence, got none")
+    if isinstance(items[0], (tuple, list)):
+        if inputs is not None:
+            raise ValueError("collate_sequences: give inputs inside the (x, inputs) items or apart, not both")
+        pairs = [tuple(item) for item in items]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("collate_sequences: expected items x or pairs (x, inputs)")
+        items = [x for x, _ in pairs]
+        inputs = [u for _, u in pairs]
+        if all(u is None for u in inputs):
+            inputs = None
+        elif any(u is None for u in inputs):
+            raise ValueError("collate_sequences: some items have side inputs and some do not")
+    sequences = [torch.as_tensor(s) for s in items]
+    for i, s in enumerate(sequences):
+        if s.dim() == 0 or s.shape[0] == 0:
+            raise ValueError(
+                f"collate_sequences: expected sequence {i} of shape [T >= 1, ...], got {list(s.shape)}"
+            )
+    x = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)  # [B, T_max, *obs]
+    lengths = torch.tensor([s.shape[0] for s in sequences], dtype=torch.long, device=x.device)
+    padded_inputs = None
+    if inputs is not None:
+        steps = [torch.as_tensor(u) for u in inputs]
+        padded_inputs = torch.nn.utils.rnn.pad_sequence(steps, batch_first=True)  # [B, T_max, d_in]
+    return SequenceBatch(x, lengths, padded_inputs)

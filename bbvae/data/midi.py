@@ -52,9 +52,7 @@ def _step_in_native_units(step_seconds: float | None, steps_per_beat: float | No
             f"step_seconds={step_seconds!r}, steps_per_beat={steps_per_beat!r}"
         )
     name, value = (
-        ("step_seconds", step_seconds)
-        if step_seconds is not None
-        else ("steps_per_beat", steps_per_beat)
+        ("step_seconds", step_seconds) if step_seconds is not None else ("steps_per_beat", steps_per_beat)
     )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
@@ -259,11 +257,7 @@ def pianoroll_to_midi(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name}: expected an int in {low}..{high}, got {value!r}")
-    if (
-        isinstance(bpm, bool)
-        or not isinstance(bpm, (int, float))
-        or not (math.isfinite(bpm) and bpm > 0)
-    ):
+    if isinstance(bpm, bool) or not isinstance(bpm, (int, float)) or not (math.isfinite(bpm) and bpm > 0):
         raise ValueError(f"bpm: expected a finite number > 0, got {bpm!r}")
     tempo = mido.bpm2tempo(bpm)  # microseconds per beat, an int in the file
     ticks_per_step = step_seconds * 1e6 / tempo * ticks_per_beat
@@ -293,9 +287,7 @@ def pianoroll_to_midi(
     for tick, is_on, note in events:
         kind = "note_on" if is_on else "note_off"
         track.append(
-            mido.Message(
-                kind, note=note, velocity=velocity if is_on else 0, channel=0, time=tick - now
-            )
+            mido.Message(kind, note=note, velocity=velocity if is_on else 0, channel=0, time=tick - now)
         )
         now = tick
     track.append(mido.MetaMessage("end_of_track", time=tick_of(T) - now))

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bbvae.data.batching import SequenceBatch, batch_indices
+from bbvae.data.batching import SequenceBatch, batch_indices, collate_sequences
+from bbvae.data.datasets import SequenceDataset
 
 __all__ = ["SyntheticData", "gaussian_hmm_data"]
 
@@ -40,6 +41,10 @@ class SyntheticData:
 
     def num_steps(self, name: str) -> int:
         return sum(len(s) for s in self.split(name))
+
+    def dataset(self, name: str, *, dtype: torch.dtype = torch.float32) -> SequenceDataset:
+        """Split ``name`` as a :class:`~bbvae.data.SequenceDataset` of ``[T_i, x_dim]`` ``dtype`` tensors."""
+        return SequenceDataset([torch.as_tensor(s).to(dtype) for s in self.split(name)])
 
     def batches(
         self,
@@ -73,9 +78,8 @@ class SyntheticData:
 
 def pad_sequences(seqs: list[torch.Tensor], *, dtype=torch.float32, device=None) -> SequenceBatch:
     """Stack ``[T_i, ...]`` tensors into ``x`` ``[B, max T_i, ...]`` with zeros past each length."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
-    x = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True).to(dtype=dtype, device=device)
-    return SequenceBatch(x, lengths, None)
+    batch = collate_sequences(seqs)
+    return SequenceBatch(batch.x.to(dtype=dtype, device=device), batch.lengths.to(device), None)
 
 
 def gaussian_hmm_data(
@@ -129,6 +133,4 @@ def gaussian_hmm_data(
     seqs = [x[i, : lengths[i]].float() for i in range(n_sequences)]
     n_train = int(n_sequences * fractions[0])
     n_valid = int(n_sequences * fractions[1])
-    return SyntheticData(
-        model, seqs[:n_train], seqs[n_train : n_train + n_valid], seqs[n_train + n_valid :]
-    )
+    return SyntheticData(model, seqs[:n_train], seqs[n_train : n_train + n_valid], seqs[n_train + n_valid :])

@@ -16,13 +16,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .batching import SequenceBatch, batch_indices
+from .batching import SequenceBatch, batch_indices, collate_sequences
+from .datasets import SequenceDataset
+from .vocabulary import Vocabulary
 
 __all__ = [
     "TextData",
+    "TextDataset",
     "Vocabulary",
     "load_text",
     "text_batch",
@@ -33,129 +35,6 @@ __all__ = [
 _SPLITS = ("train", "valid", "test")
 
 
-def _code_points(text: str) -> np.ndarray:
-    """``[len(text)]`` uint32 Unicode code points of ``text``."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-
-
-class Vocabulary:
-    """A bijection between characters and the indices ``0..V-1``.
-
-    Args:
-        chars: the distinct characters, in index order (a str or a sequence of 1-char strs).
-            :meth:`from_corpus` builds the usual one: the sorted distinct characters of a text.
-
-    Attributes:
-        chars: str, character ``i`` is ``chars[i]``.
-    """
-
-    def __init__(self, chars: str | Sequence[str]) -> None:
-        if isinstance(chars, str):
-            items = list(chars)
-        elif isinstance(chars, Sequence) and all(isinstance(c, str) for c in chars):
-            items = list(chars)
-        else:
-            raise TypeError(f"chars: expected a str or a sequence of str, got {chars!r:.80}")
-        for i, c in enumerate(items):
-            if len(c) != 1:
-                raise ValueError(f"chars[{i}]: expected a single character, got {c!r}")
-        if not items:
-            raise ValueError("chars: expected at least one character, got none")
-        if len(set(items)) != len(items):
-            dupes = sorted({c for c in items if items.count(c) > 1})
-            raise ValueError(f"chars: expected distinct characters, got duplicates {dupes}")
-        self.chars = "".join(items)
-        codes = _code_points(self.chars)
-        self._order = np.argsort(codes, kind="stable")  # [V] index of the k-th smallest code
-        self._sorted_codes = codes[self._order]  # [V]
-
-    @classmethod
-    def from_corpus(cls, text: str) -> Vocabulary:
-        """The sorted distinct characters of ``text`` (sorted by code point)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        if not text:
-            raise ValueError("text: cannot build a vocabulary from an empty text")
-        return cls(sorted(set(text)))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    @property
-    def size(self) -> int:
-        """V, the number of characters."""
-        return len(self.chars)
-
-    def __contains__(self, char: object) -> bool:
-        return isinstance(char, str) and len(char) == 1 and char in self.chars
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocabulary) and self.chars == other.chars
-
-    def __hash__(self) -> int:
-        return hash(self.chars)
-
-    def __repr__(self) -> str:
-        return f"Vocabulary({self.chars!r})"
-
-    def encode(self, text: str, *, device: torch.device | str | None = None) -> torch.Tensor:
-        """Character indices of ``text``.
-
-        Args:
-            text: a str whose characters are all in the vocabulary.
-            device: device of the result (None: torch's default device).
-
-        Returns:
-            ``[len(text)]`` long tensor.
-
-        Raises:
-            ValueError: a character is not in the vocabulary (named with its position).
-        """
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        codes = _code_points(text)  # [N]
-        pos = np.searchsorted(self._sorted_codes, codes)  # [N]
-        pos = np.minimum(pos, len(self._sorted_codes) - 1)
-        unknown = self._sorted_codes[pos] != codes  # [N]
-        if unknown.any():
-            k = int(np.argmax(unknown))
-            raise ValueError(
-                f"text: character {text[k]!r} (U+{ord(text[k]):04X}) at position {k} is not in "
-                f"the vocabulary of {self.size} characters"
-            )
-        return torch.as_tensor(self._order[pos], dtype=torch.long, device=device)
-
-    def decode(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> str:
-        """The text of 1-D character indices; ``decode(encode(s)) == s`` exactly.
-
-        Args:
-            indices: ``[N]`` integer indices in ``0..V-1`` (tensor on any device, ndarray or
-                list).
-
-        Returns:
-            a str of length N.
-        """
-        if isinstance(indices, torch.Tensor):
-            if indices.is_floating_point() or indices.is_complex():
-                raise TypeError(f"indices: expected an integer tensor, got {indices.dtype}")
-            indices = indices.tolist()
-        array = np.asarray(indices)
-        if array.ndim != 1:
-            raise ValueError(f"indices: expected a 1-D sequence, got shape {list(array.shape)}")
-        if array.size == 0:
-            return ""
-        if array.dtype.kind not in "iu":
-            raise TypeError(f"indices: expected integers, got dtype {array.dtype}")
-        bad = (array < 0) | (array >= self.size)
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise ValueError(
-                f"indices[{k}]: expected an index in 0..{self.size - 1}, got {int(array[k])}"
-            )
-        table = np.array(list(self.chars))  # [V] of 1-char strings
-        return "".join(table[array].tolist())
-
-
 def _split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     try:
         values = tuple(float(f) for f in fractions)
@@ -163,12 +42,43 @@ def _split_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         raise TypeError(f"fractions: expected three numbers, got {fractions!r}") from None
     if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values):
         raise ValueError(
-            f"fractions: expected three non-negative (train, valid, test) fractions, "
-            f"got {fractions!r}"
+            f"fractions: expected three non-negative (train, valid, test) fractions, got {fractions!r}"
         )
     if abs(sum(values) - 1.0) > 1e-6:
         raise ValueError(f"fractions: expected fractions summing to 1, got {fractions!r}")
     return values  # type: ignore[return-value]
+
+
+class TextDataset(SequenceDataset):
+    """Pieces of text as a sequence Dataset (see :mod:`bbvae.data.datasets`).
+
+    Items are ``x_i`` long ``[T_i]`` or, with ``inputs=True``, ``(x_i, inputs_i)`` with
+    ``inputs_i`` ``[T_i, V]`` the one-hot encoding of the previous character (zeros at ``t = 0``),
+    in ``dtype``.
+
+    Args:
+        pieces: ``N`` 1-D long tensors of indices in ``0..vocab_size-1`` (e.g. from
+            :func:`text_sequences`).
+        vocab_size: V.
+        inputs: give the one-hot previous characters as side inputs.
+        dtype: floating dtype of the inputs.
+    """
+
+    def __init__(
+        self, pieces: Sequence[torch.Tensor], vocab_size: int, *, inputs: bool = True, dtype=torch.float32
+    ) -> None:
+        super().__init__([torch.as_tensor(p).long() for p in pieces])
+        self.vocab_size = vocab_size
+        self.with_inputs = inputs
+        self.dtype = dtype
+
+    def __getitem__(self, index: int):
+        x = self.sequences[index]  # [T]
+        if not self.with_inputs:
+            return x
+        inputs = torch.zeros(x.shape[0], self.vocab_size, dtype=self.dtype, device=x.device)  # [T, V]
+        inputs[1:].scatter_(1, x[:-1].unsqueeze(-1), 1.0)  # one-hot of the previous character
+        return x, inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +110,13 @@ class TextData:
     def sequences(self, name: str, seq_len: int, *, drop_last: bool = False) -> list[torch.Tensor]:
         """Split ``name`` cut into pieces; see :func:`text_sequences`."""
         return text_sequences(self.split(name), self.vocabulary, seq_len, drop_last=drop_last)
+
+    def dataset(
+        self, name: str, seq_len: int, *, inputs: bool = True, drop_last: bool = False, dtype=torch.float32
+    ) -> TextDataset:
+        """Split ``name`` cut into pieces of ``seq_len`` characters, as a :class:`TextDataset`."""
+        pieces = self.sequences(name, seq_len, drop_last=drop_last)
+        return TextDataset(pieces, self.vocabulary.size, inputs=inputs, dtype=dtype)
 
     def batches(
         self,
@@ -234,9 +151,7 @@ class TextData:
         device: torch.device | str | None = None,
     ) -> SequenceBatch:
         """All pieces of split ``name`` as one batch (for evaluation); see :func:`text_batch`."""
-        return text_batch(
-            self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device
-        )
+        return text_batch(self.sequences(name, seq_len), self.vocabulary.size, dtype=dtype, device=device)
 
 
 def load_text(
@@ -268,9 +183,7 @@ def load_text(
     file = Path(path)
     if not file.is_file():
         if file.is_dir():
-            raise IsADirectoryError(
-                errno.EISDIR, "Expected a text file, got a directory", str(file)
-            )
+            raise IsADirectoryError(errno.EISDIR, "Expected a text file, got a directory", str(file))
         raise FileNotFoundError(errno.ENOENT, "No such text file", str(file))
     try:
         with open(file, encoding=encoding, newline="") as handle:
@@ -282,11 +195,7 @@ def load_text(
     n = len(text)
     end_train = math.floor(n * f_train)
     end_valid = (
-        end_train
-        if f_valid == 0
-        else n
-        if f_test == 0
-        else min(math.floor(n * (f_train + f_valid)), n)
+        end_train if f_valid == 0 else n if f_test == 0 else min(math.floor(n * (f_train + f_valid)), n)
     )
     return TextData(
         vocabulary=Vocabulary.from_corpus(text),
@@ -363,19 +272,12 @@ def text_batch(
             raise ValueError(f"sequences[{i}]: expected shape [T >= 1], got {list(s.shape)}")
         if s.is_floating_point() or s.dtype == torch.bool:
             raise TypeError(f"sequences[{i}]: expected integer indices, got {s.dtype}")
-    x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True).long()  # [B, T]
+    x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # [B, T] (to check the range)
     low, high = int(x.min()), int(x.max())
     if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}"
-        )
-    B, T = x.shape
-    lengths = torch.as_tensor([s.numel() for s in seqs], dtype=torch.long, device=x.device)
-    inputs = torch.zeros(B, T, vocab_size, dtype=dtype, device=x.device)  # [B, T, V]
-    inputs[:, 1:].scatter_(2, x[:, :-1].unsqueeze(-1), 1.0)  # one-hot of the previous char
-    batch = SequenceBatch(x, lengths, inputs)
-    inputs.masked_fill_(~batch.mask.unsqueeze(-1), 0.0)  # zero past each length
-    return batch
+        raise ValueError(f"sequences: expected indices in 0..{vocab_size - 1}, got values in {low}..{high}")
+    data = TextDataset(seqs, vocab_size, dtype=dtype)
+    return collate_sequences([data[i] for i in range(len(data))])
 
 
 def text_batches(
@@ -412,7 +314,4 @@ def text_batches(
         generator=generator,
         drop_last=drop_last,
     )
-    return (
-        text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device)
-        for idx in order
-    )
+    return (text_batch([sequences[i] for i in idx], vocab_size, dtype=dtype, device=device) for idx in order)

@@ -1,41 +1,39 @@
-"""``Loss``: the base of every bbvae objective, and the log-weight arithmetic they share."""
+"""``Loss``: the base of every bbvae objective.
+
+The log-weight arithmetic the losses share (``log_mean_exp``, ``normalized_weights``,
+``effective_sample_size``) lives in :mod:`bbvae._math` and is re-exported here.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from torch import nn
 
-from bbvae._validation import check_no_nan, check_positive_int, check_tensor, shape_str
+from bbvae._math import effective_sample_size, log_mean_exp, normalized_weights, zero_weight_points
+from bbvae._validation import (
+    check_no_nan,
+    check_positive_int,
+    check_tensor,
+    is_validation_enabled,
+    shape_str,
+)
 from bbvae.base import GenModel, InfNet
 
-
-def log_mean_exp(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """``log(mean(exp(log_w)))`` along ``dim``, computed stably in log space.
-
-    Entries of ``-inf`` count as zero weight; a row of only ``-inf`` gives ``-inf``.
-    """
-    return torch.logsumexp(log_w, dim=dim) - math.log(log_w.shape[dim])
+__all__ = ["Loss", "LossHistory", "effective_sample_size", "log_mean_exp", "normalized_weights"]
 
 
-def normalized_weights(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Self-normalised importance weights ``softmax(log_w)`` along ``dim``."""
-    return torch.softmax(log_w, dim=dim)
-
-
-def effective_sample_size(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Kish's effective sample size ``1 / sum(w_k^2)`` of normalised weights, in log space.
-
-    Args:
-        log_w: unnormalised log-weights, e.g. ``[batch, n_samples]``.
-
-    Returns:
-        ESS with ``dim`` reduced, between 1 and ``log_w.shape[dim]``.
-    """
-    log_norm = torch.log_softmax(log_w, dim=dim)
-    return torch.exp(-torch.logsumexp(2.0 * log_norm, dim=dim))
+def zero_weight_warning(points: list[int], n_samples: int, where: str) -> str:
+    """The message of the warning about data points whose every sample has zero weight."""
+    shown = points[:10]
+    more = f" (and {len(points) - 10} more)" if len(points) > 10 else ""
+    return (
+        f"{where}: data point(s) {shown}{more} of the batch have log p(x, z) - log q(z|x) = -inf for all "
+        f"{n_samples} sample(s) (zero likelihood under every draw): their bound is -inf, so the loss "
+        "value is inf, and they contribute nothing to the gradient. If this is not bad luck with a "
+        "model of bounded support, check these observations against the model's support and q's."
+    )
 
 
 class LossHistory:
@@ -111,6 +109,7 @@ class Loss(nn.Module):
         self.n_samples = n_samples
         self._history = LossHistory()
         self._warned_ess = False
+        self._warned_zero_weight = False
         self._ess_checks = 0
 
     # ------------------------------------------------------------------ public interface
@@ -186,6 +185,7 @@ class Loss(nn.Module):
         check_no_nan("log p(x, z)", log_p, name)
         check_no_nan("log q(z|x)", log_q, name)
         log_w = (log_p - log_q).detach()
+        self._warn_if_zero_weight(log_w)
         self.log_p_ = log_p.detach()
         self.log_q_ = log_q.detach()
         if log_w.shape[1] > 1:
@@ -193,6 +193,19 @@ class Loss(nn.Module):
             self.max_weight_ = normalized_weights(log_w).amax(dim=1)
             self._warn_if_collapsed()
         return log_p - log_q
+
+    def _warn_if_zero_weight(self, log_w: torch.Tensor) -> None:
+        # Reads tensor values (a sync on accelerators): only while validating, and once per loss.
+        if self._warned_zero_weight or not is_validation_enabled():
+            return
+        points = zero_weight_points(log_w)
+        if points.numel():
+            self._warned_zero_weight = True
+            warnings.warn(
+                zero_weight_warning(points.tolist(), log_w.shape[1], type(self).__name__),
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _warn_if_collapsed(self) -> None:
         if self._warned_ess or not self.importance_weighted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+from bbvae._validation import is_validation_enabled
 from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss
 
@@ -71,32 +72,75 @@ class ELBO(Loss):
             term, offset = self.record(log_p, log_q), 0.0
         bound = term.detach().mean(dim=1) + offset
         if estimator == "score":
-            objective = (term + term.detach() * log_q).mean(dim=1) + offset
+            # A data point with a zero-weight sample (validation off) gets no learning signal.
+            signal = term.detach()
+            signal = torch.where(torch.isfinite(signal).all(dim=1, keepdim=True), signal, 0.0)
+            objective = (term + signal * log_q).mean(dim=1) + offset
         else:
             objective = term.mean(dim=1) + offset
         return bound, objective
 
     @staticmethod
     def _kl(q: InfNet, p: GenModel) -> torch.Tensor:
+        """``KL(q(z|x) || p(z))`` ``[batch]`` in closed form.
+
+        q has batch shape ``[batch]``; the prior may have batch shape ``[]`` (one prior for all),
+        ``[batch]``, or ``[batch, n_samples]`` (as :meth:`GenModel.prior` documents), as long as it
+        does not depend on the samples. Both are expanded to a common batch shape first: torch's
+        KL functions do not broadcast (the Bernoulli one fails on a ``[L]`` prior against a
+        ``[batch, L]`` q).
+        """
         q_dist, prior = q.distribution(), p.prior()
-        try:
-            kl = kl_divergence(q_dist, prior)
-        except NotImplementedError:
-            kl = None
-        if kl is None and isinstance(q_dist, MultivariateNormal):
-            prior_mvn = _diagonal_normal_as_mvn(prior)
-            kl = None if prior_mvn is None else kl_divergence(q_dist, prior_mvn)
-        if kl is None:
-            raise NotImplementedError(
-                f"ELBO(analytic_kl=True): torch has no closed-form KL between "
-                f"{type(q_dist).__name__} and {type(prior).__name__}; use analytic_kl=False"
-            ) from None
-        if kl.dim() != 1:
+        batch = q_dist.batch_shape
+        prior_batch = prior.batch_shape
+        if len(prior_batch) <= len(batch):
+            shape = torch.broadcast_shapes(batch, prior_batch)
+            kl = _closed_form_kl(q_dist.expand(shape), prior.expand(shape))
+        elif len(prior_batch) == 2 and len(batch) == 1:
+            # A [batch, K] prior: score q at [batch, 1] (its parameters with a sample dim) instead.
+            saved = q.params_
+            try:
+                q.params_ = {key: value.unsqueeze(1) for key, value in saved.items()}
+                q_wide = q.distribution()
+            finally:
+                q.params_ = saved
+            shape = torch.broadcast_shapes(q_wide.batch_shape, prior_batch)
+            per_sample = _closed_form_kl(q_wide.expand(shape), prior.expand(shape))  # [batch, K]
+            if is_validation_enabled() and not torch.allclose(
+                per_sample, per_sample[:, :1].expand_as(per_sample)
+            ):
+                raise ValueError(
+                    "ELBO(analytic_kl=True): the prior differs across the samples of z (it depends "
+                    "on them), so KL(q || p(z)) is not one closed form; use analytic_kl=False"
+                )
+            kl = per_sample[:, 0]
+        else:
             raise ValueError(
-                f"ELBO(analytic_kl=True): expected KL(q || p) of shape [batch], got "
+                f"ELBO(analytic_kl=True): expected a prior of batch shape [], [batch] or "
+                f"[batch, n_samples], got {list(prior_batch)} against q's {list(batch)}"
+            )
+        if tuple(kl.shape) != tuple(batch):
+            raise ValueError(
+                f"ELBO(analytic_kl=True): expected KL(q || p) of shape {list(batch)} = [batch], got "
                 f"{list(kl.shape)}; the prior must not depend on the samples"
             )
         return kl
+
+
+def _closed_form_kl(q_dist, prior) -> torch.Tensor:
+    """``kl_divergence(q_dist, prior)`` (equal batch shapes), with a clear error when torch has none."""
+    try:
+        return kl_divergence(q_dist, prior)
+    except NotImplementedError:
+        pass
+    if isinstance(q_dist, MultivariateNormal):
+        prior_mvn = _diagonal_normal_as_mvn(prior)
+        if prior_mvn is not None:
+            return kl_divergence(q_dist, prior_mvn)
+    raise NotImplementedError(
+        f"ELBO(analytic_kl=True): torch has no closed-form KL between "
+        f"{type(q_dist).__name__} and {type(prior).__name__}; use analytic_kl=False"
+    )
 
 
 def _diagonal_normal_as_mvn(dist):

@@ -7,8 +7,9 @@ import torch
 from bbvae._validation import check_no_nan
 from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss
-from bbvae.sequential.base import check_sequence_args, get_sequential_model
+from bbvae.sequential.base import length_mask
 from bbvae.sequential.smc import GRADIENTS, get_resampling, multinomial_resampling, smc
+from bbvae.sequential.views import get_sequential_model
 
 _NORMALIZE = ("sequence", "length")
 
@@ -93,7 +94,7 @@ class FIVO(Loss):
                 f"FIVO: {type(model).__name__} has latents that cannot be reparametrized, and FIVO's "
                 "gradient is pathwise; use VIMCO or RWS to train it (smc() still evaluates the bound)"
             )
-        _, n_steps, masks = check_sequence_args(x, lengths, inputs, "FIVO")
+        # smc checks x, lengths and inputs (once: FIVO does not check them again).
         result = smc(
             model,
             x,
@@ -114,7 +115,9 @@ class FIVO(Loss):
             past = torch.cumsum(result.log_z_increments.detach(), dim=1)  # [batch, T]
             signal = log_z.detach().unsqueeze(1) - past
             objective = objective + (signal * result.ancestor_log_prob).sum(dim=1)
-        self._store_diagnostics(result, masks, n_steps)
+        n_steps = x.shape[1]
+        valid = None if lengths is None else length_mask(lengths, n_steps, result.ess.device)  # [batch, T]
+        self._store_diagnostics(result, valid, n_steps)
         self.log_z_ = log_z.detach()
         bound = log_z.detach()
         if self.normalize == "length":
@@ -126,18 +129,17 @@ class FIVO(Loss):
             bound, objective = bound / length, objective / length
         return bound, objective
 
-    def _store_diagnostics(self, result, masks, n_steps: int) -> None:
+    def _store_diagnostics(self, result, valid: torch.Tensor | None, n_steps: int) -> None:
         self.log_p_ = result.log_p.detach()
         self.log_q_ = result.log_q.detach()
         self.log_weights_ = result.log_weights.detach()
         self.max_weight_ = torch.softmax(self.log_weights_, dim=1).amax(dim=1)
         ess, resampled = result.ess, result.resampled  # [batch, T]
-        if masks is None:
+        if valid is None:
             self.ess_ = ess.mean(dim=1)
             eligible = max(n_steps - 1, 1) * ess.shape[0]
             self.resampling_rate_ = resampled.sum().to(ess.dtype) / eligible
             return
-        valid = torch.stack(masks, dim=1)  # [batch, T]
         counts = valid.sum(dim=1).to(ess.dtype)
         self.ess_ = torch.where(valid, ess, 0.0).sum(dim=1) / counts
         eligible = (counts - 1).sum().clamp(min=1.0)

@@ -104,15 +104,19 @@ class NVIL(Loss):
         z = q.sample(self.n_samples).detach()  # [batch, K, *latent]: no gradient path
         log_q = q.log_prob(z)  # [batch, K]
         log_p = self.gen_model(x, z).log_prob(x, z)  # [batch, K]
-        signal = self.record(log_p, log_q).detach()  # l = log w
-        bound = signal.mean(dim=1)  # [batch]
+        log_w = self.record(log_p, log_q).detach()  # l = log w
+        bound = log_w.mean(dim=1)  # [batch]
+        # A data point with a zero-weight sample (possible only with validation off) has bound
+        # -inf and no learning signal; it must not reach the running statistics either.
+        finite = torch.isfinite(log_w).all(dim=1, keepdim=True)  # [batch, 1]
+        signal = torch.where(finite, log_w, 0.0)
 
         b = self._baseline_values(x, like=signal)  # [batch], differentiable in the baseline's parameters
         residual = signal - b.detach().unsqueeze(1)  # [batch, K]: l - b(x)
-        mean, var = self._statistics(residual)
+        mean, var = self._statistics(residual, finite.expand_as(residual))
         c = mean if self.centering else torch.zeros_like(mean)
         scale = var.sqrt().clamp_min(1.0) if self.normalize else torch.ones_like(var)
-        centred = (residual - c) / scale  # [batch, K]
+        centred = torch.where(finite, (residual - c) / scale, 0.0)  # [batch, K]
 
         self.baseline_ = b.detach()
         self.signal_mean_ = c
@@ -124,7 +128,7 @@ class NVIL(Loss):
         if b.requires_grad:
             # Regression of b(x) on l - c: its gradient is centred * grad b, as in the paper.
             target = (signal - c).detach()
-            regression = (target - b.unsqueeze(1)).pow(2).mean(dim=1) / (2 * scale)
+            regression = torch.where(finite, target - b.unsqueeze(1), 0.0).pow(2).mean(dim=1) / (2 * scale)
             objective = objective - regression
         return bound, objective
 
@@ -160,17 +164,21 @@ class NVIL(Loss):
                 return param.dtype
         return torch.get_default_dtype()
 
-    def _statistics(self, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of ``l - b(x)`` to use now; updates the running ones afterwards."""
-        batch_mean = residual.mean()
-        batch_var = residual.var(correction=0) if residual.numel() > 1 else torch.zeros_like(batch_mean)
+    def _statistics(self, residual: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of ``l - b(x)`` over the ``keep`` entries to use now; updates the
+        running ones afterwards (an all-dropped batch leaves them as they are)."""
+        count = keep.sum().to(residual.dtype)
+        any_kept = count > 0
+        safe_count = count.clamp_min(1.0)
+        batch_mean = torch.where(keep, residual, 0.0).sum() / safe_count
+        batch_var = torch.where(keep, (residual - batch_mean).square(), 0.0).sum() / safe_count
         weight = self.running_weight.to(batch_mean)
         seen = weight > 0
         safe_weight = torch.where(seen, weight, torch.ones_like(weight))
         mean = torch.where(seen, self.running_mean.to(batch_mean) / safe_weight, batch_mean)
         var = torch.where(seen, self.running_var.to(batch_mean) / safe_weight, batch_var)
         if self.training:
-            d = self.decay
+            d = torch.where(any_kept, residual.new_tensor(self.decay), 1.0)
             self.running_mean = d * self.running_mean.to(batch_mean) + (1 - d) * batch_mean
             self.running_var = d * self.running_var.to(batch_mean) + (1 - d) * batch_var
             self.running_weight = d * weight + (1 - d)

@@ -29,16 +29,11 @@ from torch import nn
 from torch.distributions import Distribution, constraints
 from torch.nn import functional as F
 
-from bbvae import Trainer
 from bbvae.losses import ELBO, FIVO, IWAE
 from bbvae.models import mlp
 from bbvae.play.env import Episode
-from bbvae.sequential import SRNN, VRNN, evaluate
-
-try:  # the observation families are exported from bbvae.sequential after the package's restructure
-    from bbvae.sequential import Observation
-except ImportError:  # pragma: no cover - older layout
-    from bbvae.sequential.nets import Observation
+from bbvae.sequential import SRNN, VRNN, Observation, evaluate
+from bbvae.training import SequenceData, Trainer
 
 _LOSSES = ("elbo", "iwae", "fivo")
 _MODELS = {"vrnn": VRNN, "srnn": SRNN}
@@ -291,8 +286,6 @@ class WorldModel(nn.Module):
             seed=seed,
             log_every=max(1, max_steps),
         )
-        from bbvae.training import SequenceData
-
         self.trainer_.fit(SequenceData(xs, us))
         return self
 

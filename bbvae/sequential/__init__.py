@@ -1,9 +1,11 @@
-"""Sequence models (VRNN, SRNN, Gaussian and discrete HMMs) and sequential Monte Carlo."""
+"""Sequence models (VRNN, SRNN, Gaussian and discrete HMMs) and sequential Monte Carlo.
+
+:class:`SequenceModel` (the estimator) sits on a higher floor than the rest of this package (see
+:mod:`bbvae`); it is imported on first use, so that the losses can import the sequential core.
+"""
 
 from bbvae.sequential.base import (
     ParticleRun,
-    SequentialGenModel,
-    SequentialInfNet,
     SequentialModel,
     StepOutput,
     generate,
@@ -11,10 +13,16 @@ from bbvae.sequential.base import (
     tree_map,
 )
 from bbvae.sequential.discrete_hmm import DiscreteHMM
-from bbvae.sequential.estimator import SequenceModel
 from bbvae.sequential.evaluate import evaluate
 from bbvae.sequential.ghmm import GaussianHMM
 from bbvae.sequential.independent import IndependentVAE
+from bbvae.sequential.observations import (
+    BernoulliObservation,
+    CategoricalObservation,
+    NormalObservation,
+    Observation,
+    make_observation,
+)
 from bbvae.sequential.rnn import RNN
 from bbvae.sequential.sampling import filter_prefix, sample_continuations, sample_sequences
 from bbvae.sequential.smc import (
@@ -25,15 +33,31 @@ from bbvae.sequential.smc import (
     systematic_resampling,
 )
 from bbvae.sequential.srnn import SRNN
+from bbvae.sequential.views import SequentialGenModel, SequentialInfNet
 from bbvae.sequential.vrnn import VRNN
+
+_LAZY = {"SequenceModel": "bbvae.sequential.estimator"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bbvae.sequential' has no attribute {name!r}")
+
 
 __all__ = [
     "RNN",
     "SRNN",
     "VRNN",
+    "BernoulliObservation",
+    "CategoricalObservation",
     "DiscreteHMM",
     "GaussianHMM",
     "IndependentVAE",
+    "NormalObservation",
+    "Observation",
     "ParticleRun",
     "SMCResult",
     "SequenceModel",
@@ -44,6 +68,7 @@ __all__ = [
     "evaluate",
     "filter_prefix",
     "generate",
+    "make_observation",
     "multinomial_resampling",
     "run_particles",
     "sample_continuations",

@@ -1,4 +1,9 @@
-"""The sequential step contract: ``SequentialModel``, ``StepOutput``, ``run_particles`` and the views.
+"""The sequential step contract: ``SequentialModel``, ``StepOutput``, ``run_particles``, ``generate``.
+
+A sequence model implements one time step (``step(state, x_t)``); the drivers here and in
+:mod:`bbvae.sequential.smc` run it over whole sequences. The views that make a model usable by every
+:class:`~bbvae.losses.Loss` (``model.inf_net`` / ``model.gen_model``) are in
+:mod:`bbvae.sequential.views`; the particle pytree helpers in :mod:`bbvae.sequential.pytree`.
 
 Deviations from / additions to the written contract (notes/seq_contract.md):
 
@@ -6,39 +11,62 @@ Deviations from / additions to the written contract (notes/seq_contract.md):
 * ``SequentialModel.forward(x, n_particles=1, lengths=None, inputs=None, z=None, reparametrize=True)``
   is defined here and simply calls :func:`run_particles`; subclasses must not override it (the views
   use it with ``torch.func.functional_call`` to score with detached parameters, for STL and DReG).
-* The views register the model as their child module (the model does *not* register the views), so
-  ``loss.parameters()``, ``loss.to(...)`` and ``loss.train()`` reach the model; there is no cycle.
-* ``model.gen_model.sample(n, length=None, inputs=None)`` takes the sequence ``length`` (or ``inputs``,
-  whose dim 1 gives it; or, when neither is given, the ``T`` of the last batch the views saw, so RWS's
-  sleep phase works); it returns ``(x [n, T, *obs_shape], z [n, T, *latent_shape])``. The same is
-  available as :func:`generate` (which calls ``generate_init(n, 1, like)`` with ``like`` a parameter
-  of the model, and squeezes the sample dim).
-* The views' cache is keyed by identity: ``q.log_prob(z)`` / ``gen_model(x, z).log_prob(x, z)`` reuse it
-  when ``x`` is the tensor given to ``inf_net(x, ...)`` and ``z`` is the tensor drawn (or, for a ``z``
-  without gradient, an unmodified alias such as ``z.detach()``); anything else is re-scored
-  teacher-forced with :func:`run_particles` (with the ``lengths``/``inputs`` last given for that ``x``).
+* ``model.gen_model.sample(n, length=None, inputs=None)`` and :func:`generate` (which calls
+  ``generate_init(n, 1, like)`` with ``like`` a parameter of the model, and squeezes the sample dim)
+  return ``(x [n, T, *obs_shape], z [n, T, *latent_shape])``.
 * ``lengths`` must satisfy ``1 <= lengths <= T`` (checked while validation is on).
-* ``log_prior`` / ``log_likelihood`` of the generative view raise NotImplementedError: the step gives
-  the joint ``log p(x_t, z_t | past)`` only.
 
 Data: ``x`` ``[batch, T, *obs_shape]`` (float, or long ``[batch, T]`` for categorical observations),
 ``lengths`` ``[batch]`` long with ``1 <= lengths <= T`` (``None``: all ``T``), optional side ``inputs``
 ``[batch, T, ...]``. Steps past a sequence's length contribute nothing to any bound.
+
+Arguments are checked once per call: the public drivers check them (:func:`check_sequence_args`) and
+hand the validity masks to the unchecked core, :func:`run_particles_unchecked`, which the views call
+with the masks they computed when they were given the data.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int, check_tensor, is_validation_enabled, shape_str
-from bbvae.base import GenModel, InfNet, NotFittedError
+from bbvae.sequential.pytree import State, gather_particles, tree_map, tree_where
 
-State = Any  # a pytree: tensor | tuple | list | dict of those (| None); leaves [batch, n_particles, ...]
+if TYPE_CHECKING:
+    from bbvae.sequential.views import SequentialGenModel, SequentialInfNet
+
+__all__ = [
+    "ParticleRun",
+    "SequentialModel",
+    "State",
+    "StepOutput",
+    "check_sequence_args",
+    "encode_checked",
+    "eval_mode",
+    "gather_particles",
+    "generate",
+    "length_mask",
+    "run_particles_unchecked",
+    "run_particles",
+    "tree_map",
+    "tree_where",
+]
+
+# Names that moved to bbvae.sequential.views, still importable from here.
+_VIEW_NAMES = ("SequentialInfNet", "SequentialGenModel", "get_sequential_model")
+
+
+def __getattr__(name: str):
+    if name in _VIEW_NAMES:
+        from bbvae.sequential import views
+
+        return getattr(views, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StepOutput(NamedTuple):
@@ -71,39 +99,6 @@ class ParticleRun(NamedTuple):
     log_p: torch.Tensor
     log_q: torch.Tensor
     z: torch.Tensor
-
-
-# ------------------------------------------------------------------------------------ pytrees
-def tree_map(fn: Callable[[torch.Tensor], torch.Tensor], tree: State) -> State:
-    """Apply ``fn`` to every tensor leaf of ``tree`` (tensor, tuple, named tuple, list, dict, None)."""
-    if isinstance(tree, torch.Tensor):
-        return fn(tree)
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(tree_map(fn, leaf) for leaf in tree))
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(tree_map(fn, leaf) for leaf in tree)
-    if isinstance(tree, dict):
-        return {key: tree_map(fn, leaf) for key, leaf in tree.items()}
-    return tree  # None, ints, strings: not particle data
-
-
-def tree_where(keep_new: torch.Tensor, new: State, old: State) -> State:
-    """Leafwise ``where(keep_new[b], new, old)`` for pytrees with leaves ``[batch, K, ...]``."""
-    if isinstance(new, torch.Tensor):
-        return torch.where(keep_new.reshape(-1, *([1] * (new.dim() - 1))), new, old)
-    if isinstance(new, tuple) and hasattr(new, "_fields"):
-        return type(new)(*(tree_where(keep_new, a, b) for a, b in zip(new, old)))
-    if isinstance(new, (tuple, list)):
-        return type(new)(tree_where(keep_new, a, b) for a, b in zip(new, old))
-    if isinstance(new, dict):
-        return {key: tree_where(keep_new, value, old[key]) for key, value in new.items()}
-    return new
-
-
-def gather_particles(leaf: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
-    """``leaf[b, ancestors[b, k], ...]`` for a leaf ``[batch, K, ...]`` and ancestors ``[batch, K]``."""
-    index = ancestors.reshape(*ancestors.shape, *([1] * (leaf.dim() - 2)))
-    return torch.gather(leaf, 1, index.expand(*ancestors.shape, *leaf.shape[2:]))
 
 
 # ----------------------------------------------------------------------------------- the model
@@ -192,6 +187,8 @@ class SequentialModel(nn.Module):
     def _views(self) -> tuple[SequentialInfNet, SequentialGenModel]:
         views = self.__dict__.get("_seq_views")
         if views is None:
+            from bbvae.sequential.views import SequentialGenModel, SequentialInfNet
+
             views = (SequentialInfNet(self), SequentialGenModel(self))
             # A tuple is not a Module, so nn.Module stores it in __dict__ without registering it:
             # the views hold the model as a child, the model does not hold the views.
@@ -248,9 +245,12 @@ def check_sequence_args(x, lengths, inputs, where: str) -> tuple[int, int, list[
             raise ValueError(
                 f"{where}: expected 1 <= lengths <= T = {n_steps}, got lengths[{i}] = {int(lengths[i])}"
             )
-    steps = torch.arange(n_steps, device=lengths.device)
-    mask = steps.unsqueeze(0) < lengths.unsqueeze(1)  # [batch, T]
-    return batch, n_steps, list(mask.to(x.device).unbind(1))
+    return batch, n_steps, list(length_mask(lengths, n_steps, x.device).unbind(1))
+
+
+def length_mask(lengths: torch.Tensor, n_steps: int, device: torch.device) -> torch.Tensor:
+    """``[batch, T]`` bool, True where ``t < lengths[b]`` (no checks: ``lengths`` ``[batch]``)."""
+    return torch.arange(n_steps, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
 
 
 def _check_step_output(model, out, batch: int, n_particles: int, where: str) -> None:
@@ -311,7 +311,28 @@ def run_particles(
     where = "run_particles"
     _check_model(model, where)
     check_positive_int("n_particles", n_particles, where)
-    batch, n_steps, masks = check_sequence_args(x, lengths, inputs, where)
+    _, _, masks = check_sequence_args(x, lengths, inputs, where)
+    return run_particles_unchecked(model, x, n_particles, lengths, inputs, z, reparametrize, masks, where)
+
+
+def run_particles_unchecked(
+    model: SequentialModel,
+    x: torch.Tensor,
+    n_particles: int,
+    lengths: torch.Tensor | None,
+    inputs: torch.Tensor | None,
+    z: torch.Tensor | None,
+    reparametrize: bool,
+    masks: list[torch.Tensor] | None,
+    where: str,
+) -> ParticleRun:
+    """:func:`run_particles` for arguments already checked by :func:`check_sequence_args`.
+
+    ``masks`` is what that check returned (``T`` tensors ``[batch]`` bool, or ``None``). Only what
+    the caller cannot have checked is checked here: ``z`` against the model's latent shape, the
+    number of encoded steps and the first step's output.
+    """
+    batch, n_steps = x.shape[0], x.shape[1]
     z_steps: Sequence = [None] * n_steps
     if z is not None:
         check_tensor("z", z, where)
@@ -353,6 +374,17 @@ def encode_checked(model, x, lengths, inputs, n_steps: int, where: str) -> Seque
     return encoded
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (no dropout), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def generate(
     model: SequentialModel, n: int, length: int | None = None, inputs: torch.Tensor | None = None
@@ -392,243 +424,10 @@ def generate(
     state = model.generate_init(n, 1, like)
     input_steps = inputs.unbind(1) if inputs is not None else [None] * length
     xs, zs = [], []
-    for inputs_t in input_steps:
-        state, x_t, z_t = model.generate_step(state, inputs_t.unsqueeze(1) if inputs_t is not None else None)
-        xs.append(x_t.squeeze(1))
-        zs.append(z_t.squeeze(1))
+    with eval_mode(model):
+        for inputs_t in input_steps:
+            u_t = inputs_t.unsqueeze(1) if inputs_t is not None else None
+            state, x_t, z_t = model.generate_step(state, u_t)
+            xs.append(x_t.squeeze(1))
+            zs.append(z_t.squeeze(1))
     return torch.stack(xs, dim=1), torch.stack(zs, dim=1)
-
-
-# ------------------------------------------------------------------------------------- views
-class _Cache(NamedTuple):
-    x: torch.Tensor
-    z: torch.Tensor
-    log_p: torch.Tensor
-    log_q: torch.Tensor
-    version: int  # z._version when cached: an in-place change of z invalidates the cache
-
-
-class _Context(NamedTuple):
-    x: torch.Tensor
-    lengths: torch.Tensor | None
-    inputs: torch.Tensor | None
-
-
-class _View:
-    """Shared plumbing of the two views: the context and particle cache live on the model."""
-
-    model: SequentialModel
-
-    def _context(self, x) -> _Context:
-        context = self.model.__dict__.get("_seq_context")
-        if context is None or context.x is not x:
-            return _Context(x, None, None)
-        return context
-
-    def _score(self, x, z, detached: bool = False) -> ParticleRun:
-        """Score given latents ``z`` ``[batch, K, T, *latent_shape]`` teacher-forced (and cache it)."""
-        context = self._context(x)
-        k = z.shape[1] if z.dim() >= 2 else 1
-        if detached:
-            params = {name: p.detach() for name, p in self.model.named_parameters()}
-            run = torch.func.functional_call(
-                self.model,
-                params,
-                (x,),
-                {"n_particles": k, "lengths": context.lengths, "inputs": context.inputs, "z": z},
-            )
-            return run
-        run = run_particles(self.model, x, k, lengths=context.lengths, inputs=context.inputs, z=z)
-        self.model._seq_cache = _Cache(x, z, run.log_p, run.log_q, z._version)
-        return run
-
-    def _cached(self, x, z) -> _Cache | None:
-        cache = self.model.__dict__.get("_seq_cache")
-        if cache is None or cache.x is not x or not isinstance(z, torch.Tensor):
-            return None
-        if z._version != cache.version:
-            return None
-        if cache.z is z or (not cache.z.requires_grad and not z.requires_grad and _same_tensor(cache.z, z)):
-            return cache
-        return None
-
-
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``b`` is ``a`` or an unmodified alias of it (e.g. ``a.detach()``)."""
-    return (
-        a.data_ptr() == b.data_ptr()
-        and a.shape == b.shape
-        and a.stride() == b.stride()
-        and a.dtype == b.dtype
-        and a.device == b.device
-    )
-
-
-class SequentialInfNet(_View, InfNet):
-    """q(z_{1:T} | x_{1:T}) of a :class:`SequentialModel` as an :class:`~bbvae.base.InfNet`.
-
-    ``q = model.inf_net(x, lengths=..., inputs=...)`` stores the context; ``q.rsample(K)`` /
-    ``q.sample(K)`` run :func:`run_particles` once and cache ``(z, log_q, log_p)``; ``q.log_prob(z)``
-    returns the cached ``log_q`` when ``z`` is the cached tensor, else scores ``z`` teacher-forced.
-    ``sample(K)`` detaches ``z`` but keeps ``log_q``'s gradient in the parameters (score-function
-    estimators). Latents are ``[batch, K, T, *latent_shape]`` and log-densities ``[batch, K]``.
-
-    Attributes:
-        model: the :class:`SequentialModel` viewed (a registered child module).
-    """
-
-    def __init__(self, model: SequentialModel) -> None:
-        super().__init__()
-        self.model = model
-        self._detached = False
-
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
-    ):
-        check_sequence_args(x, lengths, inputs, f"{type(self.model).__name__}.inf_net")
-        self.model._seq_context = _Context(x, lengths, inputs)
-        self.model._seq_cache = None
-        return {"x": x}
-
-    @property
-    def has_rsample(self) -> bool:
-        return bool(self.model.has_rsample)
-
-    def distribution(self):
-        raise NotImplementedError(
-            f"{type(self.model).__name__}.inf_net: q(z_1:T | x) of a sequence model is not a single torch "
-            "Distribution; use sample / rsample / log_prob (analytic KL is not available)"
-        )
-
-    def _draw(self, n_samples: int, reparametrize: bool, method: str) -> torch.Tensor:
-        self._require_forward(method)
-        check_positive_int("n_samples", n_samples, f"{type(self.model).__name__}.inf_net.{method}")
-        context = self.model.__dict__.get("_seq_context")
-        x = context.x
-        run = run_particles(
-            self.model,
-            x,
-            n_samples,
-            lengths=context.lengths,
-            inputs=context.inputs,
-            reparametrize=reparametrize,
-        )
-        z = run.z if reparametrize else run.z.detach()
-        self.model._seq_cache = _Cache(x, z, run.log_p, run.log_q, z._version)
-        return z
-
-    def rsample(self, n_samples: int = 1) -> torch.Tensor:
-        """Reparametrized particles ``[batch, K, T, *latent_shape]`` (one pass of the recurrence)."""
-        if not self.model.has_rsample:
-            raise TypeError(
-                f"{type(self.model).__name__}.inf_net.rsample: the latents cannot be reparametrized "
-                "(has_rsample = False); use a score-function estimator (ELBO(estimator='score'), VIMCO, "
-                "NVIL, RWS)"
-            )
-        return self._draw(n_samples, True, "rsample")
-
-    def sample(self, n_samples: int = 1) -> torch.Tensor:
-        """Particles ``[batch, K, T, *latent_shape]`` without a gradient path through ``z``."""
-        return self._draw(n_samples, False, "sample")
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log q(z | x)`` ``[batch, K]`` summed over valid steps (cached when ``z`` was just drawn)."""
-        self._require_forward("log_prob")
-        x = self.model._seq_context.x
-        if self._detached:
-            return self._score(x, z, detached=True).log_q
-        cache = self._cached(x, z)
-        if cache is not None:
-            return cache.log_q
-        return self._score(x, z).log_q
-
-    @contextlib.contextmanager
-    def params_detached(self) -> Iterator[SequentialInfNet]:
-        """Within the block, ``log_prob`` re-scores ``z`` with all of the model's parameters detached.
-
-        (The model's q and p may share parameters, e.g. a recurrence; all of them are detached.)
-        """
-        self._require_forward("params_detached")
-        self._detached = True
-        try:
-            yield self
-        finally:
-            self._detached = False
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return self.model.__dict__.get("_seq_context") is not None and "params_" in vars(self)
-
-
-class SequentialGenModel(_View, GenModel):
-    """p(x_{1:T}, z_{1:T}) of a :class:`SequentialModel` as a :class:`~bbvae.base.GenModel`.
-
-    ``model.gen_model(x, z).log_prob(x, z)`` returns the ``log_p`` cached by the inference view
-    when ``x`` and ``z`` are the tensors it just used; otherwise it scores ``z`` teacher-forced (with
-    the ``lengths``/``inputs`` given to the inference view for this ``x``, or to this call).
-    ``sample(n, length)`` draws sequences ancestrally (see :func:`generate`).
-
-    Attributes:
-        model: the :class:`SequentialModel` viewed (a registered child module).
-    """
-
-    def __init__(self, model: SequentialModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, z, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None):
-        if x is not None and (lengths is not None or inputs is not None):
-            check_sequence_args(x, lengths, inputs, f"{type(self.model).__name__}.gen_model")
-            self.model._seq_context = _Context(x, lengths, inputs)
-        return {"x": x, "z": z}
-
-    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Joint ``log p(x, z)`` ``[batch, K]`` summed over valid steps."""
-        if "params_" not in vars(self):
-            raise NotFittedError(
-                f"{type(self.model).__name__}.gen_model.log_prob: call the view first, e.g. "
-                "model.gen_model(x, z).log_prob(x, z)"
-            )
-        cache = self._cached(x, z)
-        if cache is not None:
-            return cache.log_p
-        return self._score(x, z).log_p
-
-    def log_prior(self, z):
-        raise NotImplementedError(
-            f"{type(self.model).__name__}.gen_model: the step contract gives the joint "
-            "log p(x_t, z_t | past) only; use log_prob(x, z)"
-        )
-
-    def log_likelihood(self, x, z):
-        self.log_prior(z)
-
-    def sample(
-        self, n: int = 1, length: int | None = None, inputs: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ancestral samples ``(x [n, T, *obs_shape], z [n, T, *latent_shape])`` (see :func:`generate`).
-
-        Without ``length`` or ``inputs``, ``T`` is that of the last batch given to the views (so
-        that RWS's sleep phase draws sequences as long as the data).
-        """
-        if length is None and inputs is None:
-            context = self.model.__dict__.get("_seq_context")
-            if context is not None:
-                length = context.x.shape[1]
-        return generate(self.model, n, length=length, inputs=inputs)
-
-
-def get_sequential_model(inf_net, gen_model, where: str) -> SequentialModel:
-    """The model behind a pair of sequential views; TypeError/ValueError when they are not."""
-    if not isinstance(inf_net, SequentialInfNet):
-        raise TypeError(
-            f"{where}: expected inf_net to be a sequential view (model.inf_net of a SequentialModel), "
-            f"got {type(inf_net).__name__}"
-        )
-    model = inf_net.model
-    if gen_model is not None and not (isinstance(gen_model, SequentialGenModel) and gen_model.model is model):
-        raise TypeError(
-            f"{where}: expected gen_model to be the same model's view (model.gen_model), got "
-            f"{type(gen_model).__name__}"
-            + ("" if not isinstance(gen_model, SequentialGenModel) else " of another model")
-        )
-    return model

@@ -12,6 +12,10 @@ Data ``X`` may be
   :class:`~bbvae.data.SyntheticData` (``fit`` uses the ``"train"`` split, and ``"valid"`` for
   validation when ``eval_every`` or ``patience`` is set; ``score`` takes a ``split``, by default
   ``"test"``); text is cut into pieces of ``max_length`` characters (100 by default);
+* a torch ``Dataset`` of sequences (items ``x_i`` or ``(x_i, inputs_i)``, see
+  :mod:`bbvae.data.datasets`), or a ``DataLoader`` over one: ``fit`` then trains on the
+  DataLoader's batches as they come (its sampler, workers, pinning; ``max_length`` does not cut
+  them) and reads the model's statistics from its Dataset;
 * a list of ``N`` tensors or arrays ``[T_i, D]`` (float) or ``[T_i]`` (integer symbols), ragged;
 * a :class:`~bbvae.data.SequenceBatch` (``x [N, T, ...]``, ``lengths [N]``), or a Tensor
   ``[N, T, ...]`` of equal-length sequences.
@@ -24,238 +28,40 @@ recurrence.
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
-from bbvae._validation import shape_str
-from bbvae.data.batching import SequenceBatch
-from bbvae.estimator import (
+from bbvae.data.datasets import SequenceDataset
+from bbvae.estimator_base import (
     EstimatorMixin,
-    check_choice,
-    check_float,
     check_int,
     check_is_fitted,
-    check_random_state,
     make_trainer,
-    resolve_device,
     trainer_results,
 )
-from bbvae.losses.base import Loss
-from bbvae.losses.per_step import PerStep
-from bbvae.sequential.base import SequentialModel, generate, run_particles
-from bbvae.training import Callback, SequenceData, set_seed
+from bbvae.sequential.base import SequentialModel
+from bbvae.sequential.bounds import EVAL_BOUNDS, sequence_bounds
+from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS, SequenceModelBuilder
+from bbvae.sequential.estimator_data import is_dataset, is_text, to_sequences
+from bbvae.sequential.estimator_sampling import SequenceModelSampling
+from bbvae.training import Callback
 
-__all__ = ["SequenceModel", "MODELS", "BOUNDS", "sequence_bounds"]
+__all__ = [
+    "BOUNDS",
+    "EVAL_BOUNDS",
+    "MODELS",
+    "OBSERVATIONS",
+    "SequenceModel",
+    "sequence_bounds",
+    "to_sequences",
+]
 
-#: Model names of :class:`SequenceModel`.
-MODELS = ("vrnn", "srnn", "rnn", "independent", "ghmm")
-#: Training objectives of :class:`SequenceModel`.
-BOUNDS = ("elbo", "iwae", "fivo", "vimco", "nvil", "rws")
-#: Bounds :meth:`SequenceModel.score` can report.
-EVAL_BOUNDS = ("elbo", "iwae", "fivo", "exact")
-OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical")
-_NORMALIZE = ("length", "sequence")
-_RESAMPLING = ("multinomial", "systematic", "stratified")
 # The bound each training objective estimates (what score reports by default).
 _EVAL_OF = {"elbo": "elbo", "iwae": "iwae", "fivo": "fivo", "vimco": "iwae", "nvil": "elbo", "rws": "iwae"}
-_DEFAULT_LATENT = 64
-_DEFAULT_TEXT_LENGTH = 100
 _EVAL_SEED = 1_000_003
-
-
-# ============================================================================ data
-class _DataInfo:
-    """What the model is built from: the observation kind and size and the training statistics."""
-
-    def __init__(self, kind: str, obs_shape: tuple[int, ...], n_categories: int | None, mean, vocabulary):
-        self.kind = kind  # "float" or "long"
-        self.obs_shape = obs_shape
-        self.n_categories = n_categories
-        self.mean = mean  # [*obs_shape] float64 (float data) or [V] frequencies (symbols), or None
-        self.vocabulary = vocabulary
-
-
-def _is_dataset(X: Any) -> bool:
-    return callable(getattr(X, "split", None)) and callable(getattr(X, "batches", None))
-
-
-def _is_text(X: Any) -> bool:
-    return _is_dataset(X) and hasattr(X, "vocabulary") and callable(getattr(X, "sequences", None))
-
-
-def to_sequences(X: Any, split: str, max_length: int | None, where: str) -> list[torch.Tensor]:
-    """The sequences of ``X`` (of ``split`` for data sets) as a list of ``[T_i, *obs_shape]`` tensors.
-
-    Float data take torch's default dtype; integer data stay long; booleans become floats.
-    Sequences longer than ``max_length`` are cut to their first ``max_length`` steps (text data
-    sets are cut into pieces of ``max_length`` characters instead).
-    """
-    if _is_text(X):
-        seqs = list(X.sequences(split, max_length or _DEFAULT_TEXT_LENGTH))
-        max_length = None
-    elif _is_dataset(X):
-        seqs = list(X.split(split))
-    elif isinstance(X, SequenceBatch):
-        lengths = [int(n) for n in X.lengths.tolist()]
-        if len(lengths) != X.x.shape[0]:
-            raise ValueError(
-                f"{where}: the SequenceBatch has {X.x.shape[0]} sequences but {len(lengths)} lengths"
-            )
-        seqs = [row[:n] for row, n in zip(X.x.unbind(0), lengths)]
-    elif isinstance(X, (torch.Tensor, np.ndarray)):
-        if X.ndim < 2:
-            raise ValueError(
-                f"{where}: expected X of shape [N, T, *obs_shape], got {shape_str(list(X.shape))}"
-            )
-        seqs = list(torch.as_tensor(X).unbind(0))
-    elif isinstance(X, (list, tuple)):
-        seqs = list(X)
-    else:
-        raise TypeError(
-            f"{where}: expected X to be a PianoRollData / TextData / SyntheticData, a list of [T, ...] "
-            f"sequences, a SequenceBatch or a Tensor [N, T, ...], got {type(X).__name__}"
-        )
-    if not seqs:
-        raise ValueError(f"{where}: expected at least one sequence, got none (split {split!r})")
-    out = []
-    for i, s in enumerate(seqs):
-        if not isinstance(s, (torch.Tensor, np.ndarray)):
-            raise TypeError(f"{where}: expected sequence {i} to be a Tensor or array, got {type(s).__name__}")
-        t = torch.as_tensor(s)
-        if t.dim() == 0 or t.shape[0] == 0:
-            raise ValueError(
-                f"{where}: expected sequence {i} of shape [T >= 1, ...], got {shape_str(list(t.shape))}"
-            )
-        if t.dtype == torch.bool:
-            t = t.to(torch.get_default_dtype())
-        elif t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        elif t.is_complex():
-            raise TypeError(f"{where}: complex sequences are not supported (sequence {i})")
-        else:
-            t = t.long()
-        if max_length is not None:
-            t = t[:max_length]
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{where}: sequence {i} holds NaN or infinite values; clean the data first")
-        if out and (t.shape[1:] != out[0].shape[1:] or t.dtype != out[0].dtype):
-            raise ValueError(
-                f"{where}: sequence {i} has steps of shape {shape_str(list(t.shape[1:]))} ({t.dtype}), "
-                f"sequence 0 has {shape_str(list(out[0].shape[1:]))} ({out[0].dtype}); all must agree"
-            )
-        out.append(t)
-    return out
-
-
-def _data_info(X: Any, seqs: list[torch.Tensor], where: str) -> _DataInfo:
-    first = seqs[0]
-    vocabulary = X.vocabulary if _is_text(X) else None
-    if first.is_floating_point():
-        if first.dim() != 2:
-            raise ValueError(
-                f"{where}: expected float sequences of shape [T, D], got steps of shape "
-                f"{shape_str(list(first.shape[1:]))}"
-            )
-        train_mean = getattr(X, "train_mean", None)
-        if train_mean is not None:  # piano rolls: the FIVO mean over all training steps
-            mean = torch.as_tensor(np.asarray(train_mean), dtype=torch.float64)
-        else:
-            mean = torch.cat(seqs).double().mean(dim=0)
-        return _DataInfo("float", tuple(first.shape[1:]), None, mean, None)
-    if first.dim() != 1:
-        raise ValueError(
-            f"{where}: expected integer (symbol) sequences of shape [T], got {shape_str(list(first.shape))}"
-        )
-    flat = torch.cat(seqs)
-    if int(flat.min()) < 0:
-        raise ValueError(f"{where}: expected symbols >= 0, got {int(flat.min())}")
-    n_categories = vocabulary.size if vocabulary is not None else int(flat.max()) + 1
-    counts = torch.bincount(flat, minlength=n_categories).double()
-    return _DataInfo("long", (), n_categories, counts / counts.sum(), vocabulary)
-
-
-def _is_binary(seqs: list[torch.Tensor]) -> bool:
-    return all(bool(((s == 0) | (s == 1)).all()) for s in seqs)
-
-
-# ============================================================================ bounds
-@torch.no_grad()
-def sequence_bounds(
-    model: SequentialModel,
-    sequences: list[torch.Tensor],
-    bound: str = "fivo",
-    n_samples: int = 4,
-    batch_size: int = 128,
-    resampling: str = "multinomial",
-    ess_threshold: float = 0.5,
-) -> torch.Tensor:
-    """The bound of every sequence, in nats per sequence (no gradient, model in eval mode).
-
-    Sequences are batched by decreasing length (less padding) and the results put back in order.
-
-    Args:
-        model: a :class:`~bbvae.sequential.SequentialModel`.
-        sequences: ``N`` tensors ``[T_i, *obs_shape]`` (moved to the model's device).
-        bound: ``"elbo"`` (mean of the ``n_samples`` log-weights), ``"iwae"`` (their log-mean-exp),
-            ``"fivo"`` (SMC log Z-hat with ``n_samples`` particles) or ``"exact"``
-            (``model.exact_log_prob``).
-        n_samples: samples / particles per sequence.
-        batch_size: sequences per batch.
-        resampling, ess_threshold: FIVO's resampling settings.
-
-    Returns:
-        ``[N]`` float64 tensor on the CPU.
-    """
-    from bbvae.sequential.smc import smc
-
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.get_default_dtype()
-    lengths = [s.shape[0] for s in sequences]
-    order = sorted(range(len(sequences)), key=lambda i: -lengths[i])
-    data = SequenceData(sequences)
-    out = torch.empty(len(sequences), dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = data.batch(idx)
-            x = batch.x.to(device)
-            if x.is_floating_point():
-                x = x.to(dtype)
-            lens = batch.lengths.to(device)
-            if bound in ("elbo", "iwae"):
-                run = run_particles(model, x, n_samples, lengths=lens, reparametrize=False)
-                log_w = run.log_p - run.log_q  # [chunk, K]
-                if bound == "elbo":
-                    values = log_w.mean(dim=1)
-                else:
-                    values = torch.logsumexp(log_w, dim=1) - math.log(n_samples)
-            elif bound == "fivo":
-                values = smc(
-                    model,
-                    x,
-                    n_samples,
-                    resampling=resampling,
-                    ess_threshold=ess_threshold,
-                    lengths=lens,
-                    reparametrize=False,
-                ).log_z
-            elif bound == "exact":
-                values = model.exact_log_prob(x, lengths=lens)
-            else:
-                raise ValueError(f"sequence_bounds: expected bound in {EVAL_BOUNDS}, got {bound!r}")
-            out[torch.as_tensor(idx)] = values.detach().double().cpu()
-    finally:
-        model.train(was_training)
-    return out
 
 
 @contextlib.contextmanager
@@ -271,8 +77,7 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-# ============================================================================ estimator
-class SequenceModel(EstimatorMixin):
+class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin):
     """A latent sequence model fit by a variational bound, with the scikit-learn estimator API.
 
     ``fit`` trains a freshly built model (or a **deep copy** of the ``model`` instance given), so
@@ -303,8 +108,22 @@ class SequenceModel(EstimatorMixin):
         batch_size: sequences per step (4 in the FIVO reference).
         max_steps, max_epochs: when to stop (at least one must be set).
         clip_grad_norm: gradient clipping (None: none).
+        weight_decay: decoupled weight decay (AdamW; with ``optimizer="adam"`` the optimizer
+            becomes AdamW). It regularises towards small weights: the objective is then no longer
+            the bound alone.
+        lr_schedule: ``None``, ``"plateau"`` (halve on a plateau of the validation bound),
+            ``"cosine"``, ``"step"`` or a callable ``optimizer -> scheduler``; see
+            :class:`~bbvae.training.Trainer`.
+        lr_schedule_kwargs: keywords of the scheduler.
+        warmup_steps: linear learning-rate warm-up over the first steps.
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999); validation, model selection and the fitted model use the average.
+        dropout: dropout of the built-in neural models (MLP hidden layers and recurrent inputs;
+            training only, see :class:`~bbvae.sequential.VRNN`).
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
+        length_bucketing: batch sequences of similar length (pools of this many batches sorted by
+            length, see :class:`~bbvae.training.Trainer`); None: plain shuffling.
         eval_bound: the bound :meth:`score` reports (``"elbo"``, ``"iwae"``, ``"fivo"``,
             ``"exact"``); None: the one the training objective estimates (FIVO for ``"fivo"``,
             IWAE for ``"iwae"``, ``"vimco"``, ``"rws"``, the ELBO for ``"elbo"``, ``"nvil"``).
@@ -312,6 +131,8 @@ class SequenceModel(EstimatorMixin):
         eval_every: steps between validations (None: once per epoch, when there is validation
             data; see :meth:`fit`).
         patience: early stopping after this many validations without improvement.
+        restore_best: with validation, the fitted model is the best-validation one
+            (``best_step_``), not the last iterate.
         log_every: steps between logging points (``loss_history_`` updates, callbacks).
         checkpoint_every: steps between the trainer's checkpoints (``logdir/last.pt``).
         device: where to train and evaluate (None: torch's default device).
@@ -331,6 +152,9 @@ class SequenceModel(EstimatorMixin):
         loss_history_ (list[float]): the training loss of every step (negative bound, per step
             with ``normalize="length"``).
         valid_history_ (list[float]): validation bounds, nats per time step.
+        best_valid_ (float | None): the best validation bound (None without validation).
+        best_step_ (int | None): the step it was reached at: the fitted model's step when
+            ``restore_best`` (the default).
         n_iter_ (int): optimizer steps taken.
         n_epochs_ (int): complete passes over the training data.
         seed_ (int): the seed used.
@@ -360,11 +184,19 @@ class SequenceModel(EstimatorMixin):
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         clip_grad_norm: float | None = None,
+        weight_decay: float = 0.0,
+        lr_schedule: str | Callable | None = None,
+        lr_schedule_kwargs: dict | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        dropout: float = 0.0,
         max_length: int | None = None,
+        length_bucketing: int | None = None,
         eval_bound: str | None = None,
         n_samples_eval: int | None = None,
         eval_every: int | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         log_every: int = 50,
         checkpoint_every: int = 1000,
         device: str | torch.device | None = None,
@@ -390,11 +222,19 @@ class SequenceModel(EstimatorMixin):
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.clip_grad_norm = clip_grad_norm
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_kwargs = lr_schedule_kwargs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.dropout = dropout
         self.max_length = max_length
+        self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound
         self.n_samples_eval = n_samples_eval
         self.eval_every = eval_every
         self.patience = patience
+        self.restore_best = restore_best
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
         self.device = device
@@ -402,162 +242,6 @@ class SequenceModel(EstimatorMixin):
         self.progress = progress
         self.callbacks = callbacks
         self.random_state = random_state
-
-    # ------------------------------------------------------------------ validation
-    def _validate_params(self) -> torch.device | None:
-        where = type(self).__name__
-        if not isinstance(self.model, SequentialModel):
-            if not isinstance(self.model, str):
-                raise TypeError(
-                    f"{where}: expected model to be a name in {MODELS} or a SequentialModel, "
-                    f"got {type(self.model).__name__}"
-                )
-            check_choice("model", self.model, MODELS, where)
-        check_choice("bound", self.bound, BOUNDS, where)
-        check_int("latent_size", self.latent_size, where, optional=True)
-        check_int("hidden_size", self.hidden_size, where, optional=True)
-        check_int("n_samples", self.n_samples, where)
-        if self.bound in ("vimco", "rws") and self.n_samples < 2:
-            raise ValueError(f"{where}: bound={self.bound!r} needs n_samples >= 2, got {self.n_samples}")
-        check_choice("cell", self.cell, ("lstm", "gru"), where)
-        check_choice("observation", self.observation, OBSERVATIONS, where)
-        check_choice("proposal", self.proposal, ("network", "prior", "optimal"), where)
-        check_choice("resampling", self.resampling, _RESAMPLING, where)
-        check_float("ess_threshold", self.ess_threshold, where, strict=False)
-        if self.ess_threshold > 1:
-            raise ValueError(f"{where}: expected ess_threshold in [0, 1], got {self.ess_threshold}")
-        check_choice("normalize", self.normalize, _NORMALIZE, where)
-        check_float("learning_rate", self.learning_rate, where)
-        check_int("batch_size", self.batch_size, where)
-        check_int("max_steps", self.max_steps, where, optional=True)
-        check_int("max_epochs", self.max_epochs, where, optional=True)
-        if self.max_steps is None and self.max_epochs is None:
-            raise ValueError(f"{where}: set max_steps or max_epochs (or both), got neither")
-        if self.clip_grad_norm is not None:
-            check_float("clip_grad_norm", self.clip_grad_norm, where)
-        check_int("max_length", self.max_length, where, optional=True)
-        if self.eval_bound is not None:
-            check_choice("eval_bound", self.eval_bound, EVAL_BOUNDS, where)
-        check_int("n_samples_eval", self.n_samples_eval, where, optional=True)
-        check_int("eval_every", self.eval_every, where, optional=True)
-        check_int("patience", self.patience, where, optional=True)
-        check_int("log_every", self.log_every, where)
-        check_int("checkpoint_every", self.checkpoint_every, where)
-        check_random_state(self.random_state, where)
-        if self.model == "ghmm" and self.observation not in ("auto", "normal"):
-            raise ValueError(
-                f"{where}: model='ghmm' has Gaussian observations, got observation={self.observation!r}"
-            )
-        return resolve_device(self.device, where)
-
-    # ------------------------------------------------------------------ building
-    def _observation_for(self, info: _DataInfo, seqs: list[torch.Tensor], where: str) -> str:
-        requested = self.observation
-        if info.kind == "long":
-            if requested not in ("auto", "categorical"):
-                raise ValueError(
-                    f"{where}: the data are integer symbols, which need observation='categorical', "
-                    f"got observation={requested!r}"
-                )
-            if self.model == "ghmm":
-                raise ValueError(f"{where}: model='ghmm' needs real-valued data [T, D], got integer symbols")
-            if info.n_categories < 2:
-                raise ValueError(
-                    f"{where}: categorical data need at least 2 symbols, got {info.n_categories}"
-                )
-            return "categorical"
-        if requested == "categorical":
-            raise ValueError(
-                f"{where}: observation='categorical' needs integer symbol sequences [T], got float data"
-            )
-        if self.model == "ghmm":
-            return "normal"
-        if requested == "auto":
-            return "bernoulli" if _is_binary(seqs) else "normal"
-        if requested == "bernoulli" and not _is_binary(seqs):
-            raise ValueError(f"{where}: observation='bernoulli' needs 0/1 data, got other values")
-        return requested
-
-    def _build_model(self, info: _DataInfo, observation: str, device) -> SequentialModel:
-        from bbvae.sequential.ghmm import GaussianHMM
-        from bbvae.sequential.independent import IndependentVAE
-        from bbvae.sequential.rnn import RNN
-        from bbvae.sequential.srnn import SRNN
-        from bbvae.sequential.vrnn import VRNN
-
-        if isinstance(self.model, SequentialModel):
-            model = copy.deepcopy(self.model)
-            return model.to(device) if device is not None else model
-        dim = info.n_categories if observation == "categorical" else info.obs_shape[0]
-        if self.model == "ghmm":
-            model = GaussianHMM(self.latent_size or dim, dim, proposal=self.proposal)
-            return model.to(device) if device is not None else model
-        latent = self.latent_size or _DEFAULT_LATENT
-        dtype = torch.get_default_dtype()
-        x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean)
-        if self.model == "rnn":
-            model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
-        else:
-            cls = {"vrnn": VRNN, "srnn": SRNN, "independent": IndependentVAE}[self.model]
-            model = cls(dim, latent_size=latent, hidden_size=self.hidden_size, **common)
-        # The FIVO initialisation: the emission starts at the training mean (Bernoulli: logit(mean)).
-        model.init_output_bias(info.mean.to(dtype))
-        return model.to(device) if device is not None else model
-
-    def _build_loss(self, model: SequentialModel) -> Loss:
-        from bbvae.losses.elbo import ELBO
-        from bbvae.losses.fivo import FIVO
-        from bbvae.losses.iwae import IWAE
-        from bbvae.losses.nvil import NVIL
-        from bbvae.losses.rws import RWS
-        from bbvae.losses.vimco import VIMCO
-
-        q, p, k = model.inf_net, model.gen_model, self.n_samples
-        if self.bound == "fivo":
-            return FIVO(
-                q,
-                p,
-                k,
-                resampling=self.resampling,
-                ess_threshold=self.ess_threshold,
-                normalize=self.normalize,
-            )
-        if self.bound == "elbo":
-            loss = ELBO(q, p, k, estimator="auto" if model.has_rsample else "score")
-        elif self.bound == "iwae":
-            loss = IWAE(q, p, k)
-        elif self.bound == "vimco":
-            loss = VIMCO(q, p, k)
-        elif self.bound == "nvil":
-            # The default NVIL baseline is an MLP of the flattened x, which ragged batches change
-            # the size of; sequences use the running centring and scaling only.
-            loss = NVIL(q, p, k, baseline=False)
-        else:
-            loss = RWS(q, p, k)
-        return PerStep(loss) if self.normalize == "length" else loss
-
-    def _setup(self, X: Any, where: str):
-        """Validate, read the training data and build ``model_`` and ``loss_`` (untrained)."""
-        device = self._validate_params()
-        if self.random_state is not None:
-            set_seed(self.random_state)
-        train = to_sequences(X, "train", self.max_length, where)
-        info = _data_info(X, train, where)
-        observation = (
-            self._observation_for(info, train, where)
-            if not isinstance(self.model, SequentialModel)
-            else "custom"
-        )
-        model = self._build_model(info, observation, device)
-        self.model_ = model
-        self.loss_ = self._build_loss(model)
-        self.observation_ = observation
-        self.obs_shape_ = info.obs_shape
-        self.n_categories_ = info.n_categories
-        self.vocabulary_ = info.vocabulary
-        self.mean_length_ = max(1, round(sum(s.shape[0] for s in train) / len(train)))
-        return train
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> SequenceModel:
@@ -580,11 +264,17 @@ class SequenceModel(EstimatorMixin):
         valid = None
         if X_valid is not None:
             valid = self._check_sequences(to_sequences(X_valid, "valid", self.max_length, where), where)
-        elif _is_dataset(X) and (self.eval_every is not None or self.patience is not None):
-            if not _is_text(X) or len(X.split("valid")) > 0:
+        elif is_dataset(X) and (self.eval_every is not None or self.patience is not None):
+            if not is_text(X) or len(X.split("valid")) > 0:
                 valid = self._check_sequences(to_sequences(X, "valid", self.max_length, where), where)
-        trainer = make_trainer(self, self.loss_, where, evaluate_fn=self._validation_bound)
-        trainer.fit(SequenceData(train), valid, resume=resume)
+        trainer = make_trainer(
+            self,
+            self.loss_,
+            where,
+            evaluate_fn=self._validation_bound,
+            length_bucketing=self.length_bucketing,
+        )
+        trainer.fit(X if isinstance(X, DataLoader) else SequenceDataset(train), valid, resume=resume)
         trainer_results(self, trainer)
         self.model_.eval()
         return self
@@ -625,27 +315,6 @@ class SequenceModel(EstimatorMixin):
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _check_sequences(self, seqs: list[torch.Tensor], where: str) -> list[torch.Tensor]:
-        first = seqs[0]
-        if self.n_categories_ is not None:
-            if first.is_floating_point() or first.dim() != 1:
-                raise ValueError(
-                    f"{where}: expected integer symbol sequences [T] (as in fit), got steps of shape "
-                    f"{shape_str(list(first.shape[1:]))} ({first.dtype})"
-                )
-            top = max(int(s.max()) for s in seqs)
-            low = min(int(s.min()) for s in seqs)
-            if low < 0 or top >= self.n_categories_:
-                raise ValueError(
-                    f"{where}: expected symbols in 0..{self.n_categories_ - 1} (as in fit), got {low}..{top}"
-                )
-        elif tuple(first.shape[1:]) != tuple(self.obs_shape_) or not first.is_floating_point():
-            raise ValueError(
-                f"{where}: expected float sequences [T, {', '.join(map(str, self.obs_shape_))}] (as in fit), "
-                f"got steps of shape {shape_str(list(first.shape[1:]))} ({first.dtype})"
-            )
-        return seqs
-
     def _eval_settings(self) -> tuple[str, int]:
         bound = self.eval_bound or _EVAL_OF[self.bound]
         if bound == "exact" and not callable(getattr(self.model_, "exact_log_prob", None)):
@@ -676,12 +345,15 @@ class SequenceModel(EstimatorMixin):
             total = float(self._bounds(seqs).sum())
         return total / sum(s.shape[0] for s in seqs)
 
-    def score_samples(self, X, split: str = "test") -> torch.Tensor:
+    def score_samples(self, X, split: str = "test", random_state: int | None = None) -> torch.Tensor:
         """The bound (``eval_bound``, ``n_samples_eval`` particles) of every sequence, nats per sequence.
 
         Args:
             X: sequences (see the module docstring); for a data set, its split ``split``.
             split: the split of a data set to score.
+            random_state: an int to draw the Monte Carlo noise from a generator seeded with it
+                (two calls then give the same numbers; the global generators are left as they
+                were); None draws from the global generators.
 
         Returns:
             ``[N]`` float64 tensor on the CPU.
@@ -689,87 +361,24 @@ class SequenceModel(EstimatorMixin):
         check_is_fitted(self, "score_samples")
         where = f"{type(self).__name__}.score_samples"
         seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
-        return self._bounds(seqs)
+        return self._seeded_bounds(seqs, random_state, where)
 
-    def score(self, X, y=None, split: str = "test") -> float:
+    def score(self, X, y=None, split: str = "test", random_state: int | None = None) -> float:
         """The bound in **nats per time step**: the sum of the sequences' bounds over the total length.
 
         This is how sequence-model papers (and the FIVO reference) report bounds; it is not the
         mean of :meth:`score_samples` (nats per sequence) unless all sequences have one step.
+        ``random_state``: see :meth:`score_samples`.
         """
         check_is_fitted(self, "score")
         where = f"{type(self).__name__}.score"
         seqs = self._check_sequences(to_sequences(X, split, self.max_length, where), where)
-        return float(self._bounds(seqs).sum()) / sum(s.shape[0] for s in seqs)
+        return float(self._seeded_bounds(seqs, random_state, where).sum()) / sum(s.shape[0] for s in seqs)
 
-    # ------------------------------------------------------------------ sampling
-    def sample(self, n: int = 1, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n`` sequences ancestrally from the trained model.
-
-        Args:
-            n: number of sequences.
-            length: steps per sequence (None: ``max_length`` if set, else the mean training
-                length ``mean_length_``).
-
-        Returns:
-            ``(x [n, length, *obs_shape], z [n, length, *latent_shape])`` on the CPU (x is long for
-            symbols).
-        """
-        check_is_fitted(self, "sample")
-        where = f"{type(self).__name__}.sample"
-        check_int("n", n, where)
-        length = self._default_length(length, where)
-        x, z = generate(self.model_, n, length=length)
-        return x.cpu(), z.cpu()
-
-    def sample_continuations(
-        self, prefixes, n_samples: int = 1, length: int | None = None, n_particles: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Continue each prefix: filter it with a particle filter, then sample ahead ancestrally.
-
-        Args:
-            prefixes: ``B`` beginnings, a list of ``[P_i, *obs_shape]`` tensors, a SequenceBatch or a
-                Tensor ``[B, P, *obs_shape]`` (each continuation starts after its own prefix).
-            n_samples: continuations per prefix.
-            length: steps to generate (None: as in :meth:`sample`).
-            n_particles: particles of the filter (None: ``max(n_samples_eval or n_samples, 16)``).
-
-        Returns:
-            ``(x [B, n_samples, length, *obs_shape], z [B, n_samples, length, *latent_shape])`` on
-            the CPU.
-        """
-        from bbvae.sequential.sampling import sample_continuations
-
-        check_is_fitted(self, "sample_continuations")
-        where = f"{type(self).__name__}.sample_continuations"
-        check_int("n_samples", n_samples, where)
-        check_int("n_particles", n_particles, where, optional=True)
-        length = self._default_length(length, where)
-        seqs = self._check_sequences(to_sequences(prefixes, "test", None, where), where)
-        batch = SequenceData(seqs).batch(list(range(len(seqs))))
-        param = next(iter(self.model_.parameters()))
-        x = batch.x.to(param.device)
-        if x.is_floating_point():
-            x = x.to(param.dtype)
-        was_training = self.model_.training
-        self.model_.eval()
-        try:
-            xs, zs = sample_continuations(
-                self.model_,
-                x,
-                n_samples,
-                length,
-                lengths=batch.lengths.to(param.device),
-                n_particles=n_particles or max(self.n_samples_eval or self.n_samples, 16),
-                resampling=self.resampling,
-                ess_threshold=self.ess_threshold,
-            )
-        finally:
-            self.model_.train(was_training)
-        return xs.cpu(), zs.cpu()
-
-    def _default_length(self, length: int | None, where: str) -> int:
-        if length is None:
-            return self.max_length or self.mean_length_
-        check_int("length", length, where)
-        return length
+    def _seeded_bounds(self, seqs: list[torch.Tensor], random_state: int | None, where: str) -> torch.Tensor:
+        if random_state is None:
+            return self._bounds(seqs)
+        check_int("random_state", random_state, where, minimum=0)
+        param = next(iter(self.model_.parameters()), None)
+        with _seeded(random_state, param.device if param is not None else torch.device("cpu")):
+            return self._bounds(seqs)

@@ -123,6 +123,7 @@ class GaussianHMM(SequentialModel):
     # ---------------------------------------------------------------------------- contract
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs=None) -> list[dict]:
         self._check_x(x, "encode")
+        x = _zero_padding(x, lengths)
         steps = x.unbind(1)
         features = self.proposal_x(x).unbind(1) if self.proposal == "network" else [None] * len(steps)
         optimal = self._optimal_terms() if self.proposal == "optimal" else None
@@ -204,6 +205,7 @@ class GaussianHMM(SequentialModel):
         """log p(x_{1:T}) by the Kalman filter: ``[batch]`` (steps past ``lengths`` not scored)."""
         self._check_x(x, "exact_log_prob")
         _, _, masks = check_sequence_args(x, lengths, None, "GaussianHMM.exact_log_prob")
+        x = _zero_padding(x, lengths)
         s0, sq, sr = self._noise()
         a, c = self.transition, self.emission
         eye = torch.eye(self.z_dim, dtype=a.dtype, device=a.device)
@@ -237,3 +239,15 @@ class GaussianHMM(SequentialModel):
                 f"GaussianHMM.{method}: expected x of shape [batch, T, {self.x_dim}], "
                 f"got {shape_str(list(x.shape))}"
             )
+
+
+def _zero_padding(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``x`` ``[batch, T, x_dim]`` with every step past ``lengths`` zeroed.
+
+    Padding is masked out of every bound, but values used and then masked still reach the
+    backward pass: NaN padding (a common convention) would make every gradient NaN.
+    """
+    if lengths is None:
+        return x
+    valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)  # [batch, T]
+    return torch.where(valid.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))

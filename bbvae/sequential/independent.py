@@ -51,6 +51,8 @@ class IndependentVAE(NeuralSequentialModel):
         embedding_size: symbol embedding size for categorical observations.
         encoder: ``phi``, a module ``[..., feature_size] -> [..., encoded_size]``.
         decoder: a module ``[..., hidden_size + input_size + latent_size] -> [..., param_size]``.
+        dropout: dropout on every MLP hidden layer and on the recurrence's input, in training mode
+            only (it changes the training objective; evaluation runs in eval mode).
 
     Attributes:
         rnn: the whole-sequence ``nn.LSTM`` / ``nn.GRU``.
@@ -74,11 +76,12 @@ class IndependentVAE(NeuralSequentialModel):
         embedding_size: int | None = None,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         where = "IndependentVAE"
         encoded = self._set_sizes(
-            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size, dropout
         )
         ctx = self.hidden_size + input_size
         fc = self.fc_hidden_sizes
@@ -86,7 +89,7 @@ class IndependentVAE(NeuralSequentialModel):
             obs_dim, observation, embedding_size, encoder, encoded, decoder, ctx + latent_size, fc, x_mean
         )
         self.rnn = make_rnn(cell, encoded + input_size, self.hidden_size)
-        self.proposal = GaussianHead([ctx, encoded], fc, latent_size)
+        self.proposal = GaussianHead([ctx, encoded], fc, latent_size, dropout=self.dropout)
 
     # ------------------------------------------------------------------------ inference
     def encode(
@@ -95,7 +98,7 @@ class IndependentVAE(NeuralSequentialModel):
         """Per-step items ``{"x", "ctx", "q_loc", "q_scale"}``, all computed once per sequence."""
         x, inputs = self.prepare(x, lengths, inputs)
         xf = self.x_features(x)  # [batch, T, encoded]
-        ctx = causal_context(self.rnn, xf, inputs)  # [batch, T, hidden + input]
+        ctx = causal_context(self.rnn, self.recurrent_input(xf), inputs)  # [batch, T, hidden + input]
         q_loc, q_scale = self.proposal.gaussian(ctx, xf)  # [batch, T, latent] each
         return [
             {"x": x_t, "ctx": c_t, "q_loc": m_t, "q_scale": s_t}

@@ -1,78 +1,93 @@
-"""Building blocks of the neural sequence models (VRNN, SRNN, RNN, IndependentVAE).
+"""Networks of the neural sequence models (VRNN, SRNN, RNN, IndependentVAE) and their shared base.
 
-* **Observation families** (:class:`Observation`): how ``x_t`` is scored and drawn given the
-  decoder's output ``params`` ``[..., param_size]``, and how ``x_t`` is turned into a float feature
-  vector for the encoder. Shipped: :class:`BernoulliObservation` (binary vectors, e.g. 88-key piano
-  rolls), :class:`NormalObservation` (real vectors, mean and learned scale predicted by the decoder)
-  and :class:`CategoricalObservation` (one symbol per step, ``x`` long ``[batch, T]``, embedded for
-  features). Any callable ``params -> torch Distribution`` is accepted too
-  (:class:`CallableObservation`).
-* **Recurrences**: :func:`make_cell` (``nn.LSTMCell`` / ``nn.GRUCell``, stepped once per time step on
-  all particles at once by :func:`step_cell`) and :func:`make_rnn` (``nn.LSTM`` / ``nn.GRU`` over
-  whole sequences, for recurrences that depend on ``x`` alone). Recurrent states are dicts
-  ``{"h": ..., "c": ...}`` (``"c"`` for LSTMs only) with leaves ``[batch, n_particles, hidden]``.
-* **Networks**: :class:`MultiInputMLP` (an MLP on several inputs whose first layer is split per
-  input, so an input shared by all particles, e.g. a feature of ``x_t``, is projected once per
-  sequence rather than once per particle and step) and :class:`GaussianHead` (a diagonal Gaussian
-  from such an MLP).
+* :class:`MultiInputMLP`: an MLP on several inputs whose first layer is split per input, so an input
+  shared by all particles, e.g. a feature of ``x_t``, is projected once per sequence rather than
+  once per particle and step; :class:`GaussianHead`: a diagonal Gaussian from such an MLP.
 * :class:`NeuralSequentialModel`: the base the four shipped models share (observation family,
   ``x_mean`` centring, encoder and decoder defaults, argument checks, padding hygiene).
 
 Padding hygiene: :meth:`NeuralSequentialModel.prepare` replaces every entry of ``x`` and ``inputs``
 past a sequence's length by zeros before any network sees it, so garbage (even NaN or an
 out-of-vocabulary index) past the lengths can change neither a bound nor a gradient.
+
+The building blocks the models use live in their own modules and are re-exported here:
+observation families in :mod:`bbvae.sequential.observations`, recurrences in
+:mod:`bbvae.sequential.recurrences`, Gaussian helpers in :mod:`bbvae.sequential.gaussian`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 from torch.nn import functional as F
 
 from bbvae._validation import check_positive_int, check_tensor, shape_str
 from bbvae.models import mlp
-from bbvae.sequential.base import SequentialModel
+from bbvae.sequential.base import SequentialModel, length_mask
+from bbvae.sequential.gaussian import (
+    MIN_SCALE,
+    RAW_SCALE_BIAS,
+    draw_normal,
+    normal_log_prob,
+    positive_scale,
+    standard_normal_log_prob,
+)
+from bbvae.sequential.observations import (
+    BernoulliObservation,
+    CallableObservation,
+    CategoricalObservation,
+    NormalObservation,
+    Observation,
+    make_observation,
+)
+from bbvae.sequential.recurrences import (
+    causal_context,
+    check_cell,
+    context_after,
+    final_rnn_state,
+    make_cell,
+    make_rnn,
+    reverse_padded,
+    shift_right,
+    step_cell,
+    step_rnn,
+    zero_rnn_state,
+)
 
-_CELLS = ("lstm", "gru")
-_LOG_2PI = math.log(2.0 * math.pi)
-#: Offset added to raw scales before the softplus (the FIVO reference's ``raw_sigma_bias``).
-RAW_SCALE_BIAS = 0.25
-#: Floor added to every predicted standard deviation, so log-densities stay finite.
-MIN_SCALE = 1e-4
+__all__ = [
+    "MIN_SCALE",
+    "RAW_SCALE_BIAS",
+    "BernoulliObservation",
+    "CallableObservation",
+    "CategoricalObservation",
+    "GaussianHead",
+    "MultiInputMLP",
+    "NeuralSequentialModel",
+    "NormalObservation",
+    "Observation",
+    "causal_context",
+    "check_cell",
+    "context_after",
+    "draw_normal",
+    "final_rnn_state",
+    "length_mask",
+    "make_cell",
+    "make_observation",
+    "make_rnn",
+    "normal_log_prob",
+    "positive_scale",
+    "reverse_padded",
+    "shift_right",
+    "standard_normal_log_prob",
+    "step_cell",
+    "step_rnn",
+    "zero_rnn_state",
+]
 
 
-# ---------------------------------------------------------------------------- Gaussians
-def normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Diagonal Gaussian log-density summed over the last dim: ``[..., L] -> [...]``."""
-    return (-0.5 * ((z - loc) / scale).square() - scale.log()).sum(-1) - 0.5 * _LOG_2PI * z.shape[-1]
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """``log N(z; 0, I)`` summed over the last dim: ``[..., L] -> [...]``."""
-    return -0.5 * z.square().sum(-1) - 0.5 * _LOG_2PI * z.shape[-1]
-
-
-def draw_normal(loc: torch.Tensor, scale: torch.Tensor, reparametrize: bool = True) -> torch.Tensor:
-    """``loc + scale * eps`` with ``eps ~ N(0, I)`` drawn on ``loc``'s device and dtype.
-
-    With ``reparametrize=False`` the draw carries no gradient path.
-    """
-    if reparametrize:
-        return loc + scale * torch.randn_like(loc)
-    with torch.no_grad():
-        return loc + scale * torch.randn_like(loc)
-
-
-def positive_scale(raw: torch.Tensor) -> torch.Tensor:
-    """``softplus(raw + 0.25) + 1e-4``: the standard deviation of a predicted Gaussian."""
-    return F.softplus(raw + RAW_SCALE_BIAS) + MIN_SCALE
-
-
-# ---------------------------------------------------------------------------- networks
 class MultiInputMLP(nn.Module):
     """An MLP on the concatenation of several inputs, with its first layer split per input.
 
@@ -85,9 +100,12 @@ class MultiInputMLP(nn.Module):
         in_sizes: sizes of the inputs, in order.
         hidden_sizes: hidden layer sizes (``()``: the first layer is the output layer).
         out_size: output size.
+        dropout: dropout after every hidden activation (training mode only).
     """
 
-    def __init__(self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], out_size: int) -> None:
+    def __init__(
+        self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], out_size: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.in_sizes = tuple(in_sizes)
         self.hidden_sizes = tuple(hidden_sizes)
@@ -102,7 +120,9 @@ class MultiInputMLP(nn.Module):
                 layer.weight.uniform_(-bound, bound)
             self.bias.uniform_(-bound, bound)
         if self.hidden_sizes:
-            self.tail = nn.Sequential(nn.ReLU(), mlp([*self.hidden_sizes, out_size], activation=nn.ReLU))
+            hidden = mlp([*self.hidden_sizes, out_size], activation=nn.ReLU, dropout=dropout)
+            first_activation = nn.Sequential(nn.ReLU(), nn.Dropout(dropout)) if dropout > 0 else nn.ReLU()
+            self.tail = nn.Sequential(first_activation, hidden)  # (state-dict names as without dropout)
         else:
             self.tail = nn.Identity()
 
@@ -130,8 +150,10 @@ class GaussianHead(MultiInputMLP):
     ``softplus(raw + 0.25) + 1e-4``.
     """
 
-    def __init__(self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], size: int) -> None:
-        super().__init__(in_sizes, hidden_sizes, 2 * size)
+    def __init__(
+        self, in_sizes: Sequence[int], hidden_sizes: Sequence[int], size: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__(in_sizes, hidden_sizes, 2 * size, dropout)
         self.size = size
 
     def params(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,346 +166,6 @@ class GaussianHead(MultiInputMLP):
         return self.params(self(*xs))
 
 
-# ---------------------------------------------------------------------------- recurrences
-def check_cell(cell: str, where: str) -> str:
-    if cell not in _CELLS:
-        raise ValueError(f"{where}: expected cell in {_CELLS}, got {cell!r}")
-    return cell
-
-
-def make_cell(cell: str, input_size: int, hidden_size: int) -> nn.RNNCellBase:
-    """An ``nn.LSTMCell`` (``cell="lstm"``) or ``nn.GRUCell`` (``"gru"``), stepped with :func:`step_cell`."""
-    check_cell(cell, "make_cell")
-    return (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(input_size, hidden_size)
-
-
-def make_rnn(cell: str, input_size: int, hidden_size: int) -> nn.RNNBase:
-    """A batch-first one-layer ``nn.LSTM`` / ``nn.GRU`` run over whole sequences ``[batch, T, input]``."""
-    check_cell(cell, "make_rnn")
-    return (nn.LSTM if cell == "lstm" else nn.GRU)(input_size, hidden_size, batch_first=True)
-
-
-def zero_rnn_state(cell: str, like: torch.Tensor, batch: int, n: int, hidden_size: int) -> dict:
-    """``{"h": zeros, "c": zeros}`` (``"c"`` for LSTMs), leaves ``[batch, n, hidden]`` like ``like``."""
-    h = like.new_zeros(batch, n, hidden_size)
-    return {"h": h, "c": torch.zeros_like(h)} if cell == "lstm" else {"h": h}
-
-
-def step_cell(cell: nn.RNNCellBase, inp: torch.Tensor, state: dict) -> dict:
-    """One step of an ``nn.LSTMCell``/``nn.GRUCell`` for all particles: one cell call.
-
-    Args:
-        inp: ``[batch, K, input_size]``.
-        state: ``{"h", "c"}`` (LSTM) or ``{"h"}`` (GRU), leaves ``[batch, K, hidden]``.
-    """
-    batch, k, _ = inp.shape
-    flat = inp.reshape(batch * k, -1)  # [batch * K, input_size]
-    h = state["h"].reshape(batch * k, -1)  # [batch * K, hidden]
-    if "c" in state:
-        h, c = cell(flat, (h, state["c"].reshape(batch * k, -1)))
-        return {"h": h.reshape(batch, k, -1), "c": c.reshape(batch, k, -1)}
-    return {"h": cell(flat, h).reshape(batch, k, -1)}
-
-
-def step_rnn(rnn: nn.RNNBase, inp: torch.Tensor, state: dict) -> dict:
-    """One time step of a whole-sequence ``nn.LSTM``/``nn.GRU`` for ``[batch, K, input]`` (generation)."""
-    batch, k, _ = inp.shape
-    flat = inp.reshape(batch * k, 1, -1)  # [batch * K, 1, input_size]
-    h = state["h"].reshape(1, batch * k, -1)  # [1, batch * K, hidden]
-    if "c" in state:
-        _, (h, c) = rnn(flat, (h, state["c"].reshape(1, batch * k, -1)))
-        return {"h": h.reshape(batch, k, -1), "c": c.reshape(batch, k, -1)}
-    _, h = rnn(flat, h)
-    return {"h": h.reshape(batch, k, -1)}
-
-
-def final_rnn_state(rnn: nn.RNNBase, inp: torch.Tensor, lengths: torch.Tensor | None) -> dict:
-    """The recurrent state after each sequence's last valid step: leaves ``[batch, hidden]``.
-
-    Runs ``rnn`` over ``inp`` ``[batch, T, input]`` packed by ``lengths`` (one host copy of
-    ``lengths``; used once per call by prefix-conditioned sampling, never in a training loop).
-    """
-    if lengths is None:
-        _, hidden = rnn(inp)
-    else:
-        packed = nn.utils.rnn.pack_padded_sequence(inp, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, hidden = rnn(packed)
-    if isinstance(hidden, tuple):
-        return {"h": hidden[0].squeeze(0), "c": hidden[1].squeeze(0)}
-    return {"h": hidden.squeeze(0)}
-
-
-def causal_context(rnn: nn.RNNBase, xf: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
-    """``c_t = [h_{t-1}, u_t]`` for every step, with ``h_t = rnn(h_{t-1}, [xf_t, u_t])`` and ``h_{-1} = 0``.
-
-    Args:
-        xf: ``[batch, T, E]`` features of ``x_t``; inputs: ``[batch, T, d_in]`` or ``None``.
-
-    Returns:
-        ``[batch, T, hidden + d_in]``: what the model knows before seeing ``x_t`` (one RNN call).
-    """
-    rnn_in = xf if inputs is None else torch.cat([xf, inputs.to(xf.dtype)], dim=-1)
-    out, _ = rnn(rnn_in)  # [batch, T, hidden]
-    ctx = shift_right(out)
-    return ctx if inputs is None else torch.cat([ctx, inputs.to(ctx.dtype)], dim=-1)
-
-
-def context_after(rnn: nn.RNNBase, xf: torch.Tensor, inputs, lengths, n: int) -> dict:
-    """The recurrent state of :func:`causal_context`'s RNN after each sequence's last step.
-
-    Returns a dict of leaves ``[batch, n, hidden]`` (the same state for the ``n`` samples).
-    """
-    rnn_in = xf if inputs is None else torch.cat([xf, inputs.to(xf.dtype)], dim=-1)
-    final = final_rnn_state(rnn, rnn_in, lengths)
-    return {key: leaf.unsqueeze(1).expand(leaf.shape[0], n, leaf.shape[1]) for key, leaf in final.items()}
-
-
-def shift_right(seq: torch.Tensor) -> torch.Tensor:
-    """``[batch, T, ...]`` delayed by one step: zeros at ``t = 0``, ``seq[:, t - 1]`` at ``t``."""
-    return torch.cat([torch.zeros_like(seq[:, :1]), seq[:, :-1]], dim=1)
-
-
-def reverse_padded(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Reverse each sequence ``[batch, T, ...]`` within its own length; padding stays in place.
-
-    Applying it twice is the identity. A causal RNN run over the result and reversed back is a
-    backward RNN that starts at each sequence's own last step.
-    """
-    if lengths is None:
-        return seq.flip(1)
-    n_steps = seq.shape[1]
-    steps = torch.arange(n_steps, device=seq.device)
-    lengths = lengths.to(seq.device).unsqueeze(1)  # [batch, 1]
-    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [batch, T]
-    index = index.reshape(*index.shape, *([1] * (seq.dim() - 2))).expand_as(seq)
-    return torch.gather(seq, 1, index)
-
-
-def length_mask(lengths: torch.Tensor, n_steps: int, device: torch.device) -> torch.Tensor:
-    """``[batch, T]`` bool, True where ``t < lengths[b]``."""
-    return torch.arange(n_steps, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
-
-
-# ----------------------------------------------------------------------- observations
-class Observation(nn.Module):
-    """A family of observation distributions ``p(x_t | params)``.
-
-    Subclasses set ``obs_shape`` (per-step shape of ``x_t``), ``param_size`` (the decoder's output
-    size), ``feature_size`` (size of :meth:`features`) and ``dtype_kind`` (``"float"`` or ``"long"``),
-    and implement :meth:`distribution`; :meth:`log_prob` and :meth:`sample` may be overridden by
-    faster closed forms.
-    """
-
-    obs_shape: tuple[int, ...] = ()
-    param_size: int = 0
-    feature_size: int = 0
-    dtype_kind: str = "float"
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """A float feature vector of (centred) observations: ``[..., *obs_shape] -> [..., feature_size]``."""
-        n = len(self.obs_shape)
-        flat = x.flatten(start_dim=x.dim() - n) if n else x.unsqueeze(-1)
-        return flat if flat.is_floating_point() else flat.float()
-
-    def distribution(self, params: torch.Tensor) -> Distribution:
-        """``p(x_t | params)``: batch shape ``params.shape[:-1]``, event shape ``obs_shape``."""
-        raise NotImplementedError
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x | params)`` summed over the event: ``[...]`` for params ``[..., param_size]``."""
-        return self.distribution(params).log_prob(x)
-
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        """Draw ``x`` ``[..., *obs_shape]`` (no gradient path)."""
-        return self.distribution(params).sample()
-
-    def init_bias(self, bias: torch.Tensor, mean: torch.Tensor) -> None:
-        """Set the decoder's output ``bias`` ``[param_size]`` so the emission starts at ``mean``."""
-        raise NotImplementedError(f"{type(self).__name__} does not support init_output_bias")
-
-    def check_x(self, x: torch.Tensor, where: str) -> None:
-        """Raise unless ``x`` is ``[batch, T, *obs_shape]`` of the family's dtype kind."""
-        check_tensor("x", x, where)
-        expected = ["batch", "T", *self.obs_shape]
-        if x.dim() != len(expected) or tuple(x.shape[2:]) != tuple(self.obs_shape):
-            raise ValueError(
-                f"{where}: expected x of shape {shape_str(expected)}, got {shape_str(list(x.shape))}"
-            )
-        if self.dtype_kind == "long" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
-            raise TypeError(
-                f"{where}: expected x to be an integer (long) tensor of symbols, got dtype {x.dtype}"
-            )
-        if self.dtype_kind == "float" and not x.is_floating_point():
-            raise TypeError(f"{where}: expected x to be a floating-point tensor, got dtype {x.dtype}")
-
-
-class BernoulliObservation(Observation):
-    """Independent Bernoulli units (e.g. piano-roll frames): ``params`` are the ``obs_dim`` logits."""
-
-    def __init__(self, obs_dim: int) -> None:
-        super().__init__()
-        check_positive_int("obs_dim", obs_dim, "BernoulliObservation")
-        self.obs_dim = obs_dim
-        self.obs_shape = (obs_dim,)
-        self.param_size = obs_dim
-        self.feature_size = obs_dim
-
-    def distribution(self, params: torch.Tensor) -> Distribution:
-        return Independent(Bernoulli(logits=params, validate_args=False), 1)
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        # log sigmoid(l) x + log sigmoid(-l) (1 - x) = x l - softplus(l)
-        return (x * params - F.softplus(params)).sum(-1)
-
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(torch.sigmoid(params))
-
-    def init_bias(self, bias: torch.Tensor, mean: torch.Tensor) -> None:
-        eps = 1e-5 if mean.dtype == torch.float64 else 1e-4
-        bias.copy_(torch.logit(mean.clamp(eps, 1.0 - eps)))
-
-
-class NormalObservation(Observation):
-    """Independent Gaussians with a mean and a learned scale, both predicted by the decoder.
-
-    ``params`` is ``[loc (obs_dim), raw scale (obs_dim)]``; the standard deviation is
-    ``softplus(raw + 0.25) + min_scale``.
-    """
-
-    def __init__(self, obs_dim: int, min_scale: float = 1e-3) -> None:
-        super().__init__()
-        check_positive_int("obs_dim", obs_dim, "NormalObservation")
-        if not min_scale > 0:
-            raise ValueError(f"NormalObservation: expected min_scale > 0, got {min_scale}")
-        self.obs_dim = obs_dim
-        self.min_scale = min_scale
-        self.obs_shape = (obs_dim,)
-        self.param_size = 2 * obs_dim
-        self.feature_size = obs_dim
-
-    def _loc_scale(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw = params.split(self.obs_dim, dim=-1)
-        return loc, F.softplus(raw + RAW_SCALE_BIAS) + self.min_scale
-
-    def distribution(self, params: torch.Tensor) -> Distribution:
-        loc, scale = self._loc_scale(params)
-        return Independent(Normal(loc, scale, validate_args=False), 1)
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        loc, scale = self._loc_scale(params)
-        return normal_log_prob(x, loc, scale)
-
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        loc, scale = self._loc_scale(params)
-        return draw_normal(loc, scale, reparametrize=False)
-
-    def init_bias(self, bias: torch.Tensor, mean: torch.Tensor) -> None:
-        bias[: self.obs_dim].copy_(mean)
-
-
-class CategoricalObservation(Observation):
-    """One symbol out of ``n_categories`` per step (characters): ``x`` is long ``[batch, T]``.
-
-    ``params`` are the ``n_categories`` logits; features are a learned embedding of the symbol.
-
-    Args:
-        n_categories: vocabulary size V.
-        embedding_size: size of the symbol embedding (default ``min(V, 64)``).
-    """
-
-    dtype_kind = "long"
-
-    def __init__(self, n_categories: int, embedding_size: int | None = None) -> None:
-        super().__init__()
-        check_positive_int("n_categories", n_categories, "CategoricalObservation", minimum=2)
-        self.n_categories = n_categories
-        self.embedding_size = embedding_size
-        size = min(n_categories, 64) if embedding_size is None else embedding_size
-        check_positive_int("embedding_size", size, "CategoricalObservation")
-        self.obs_shape = ()
-        self.param_size = n_categories
-        self.feature_size = size
-        self.embedding = nn.Embedding(n_categories, size)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding(x)
-
-    def distribution(self, params: torch.Tensor) -> Distribution:
-        return Categorical(logits=params, validate_args=False)
-
-    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(params, dim=-1)
-        index = x.unsqueeze(-1).expand(*log_probs.shape[:-1], 1)
-        return torch.gather(log_probs, -1, index).squeeze(-1)
-
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        flat = params.reshape(-1, self.n_categories)
-        return torch.multinomial(torch.softmax(flat, dim=-1), 1).reshape(params.shape[:-1])
-
-    def init_bias(self, bias: torch.Tensor, mean: torch.Tensor) -> None:
-        tiny = torch.finfo(mean.dtype).tiny
-        bias.copy_(mean.clamp_min(tiny).log())
-
-
-class CallableObservation(Observation):
-    """A user's ``distribution_fn(params) -> torch Distribution`` as an observation family.
-
-    The distribution must have batch shape ``params.shape[:-1]`` and event shape ``obs_shape``;
-    features of ``x_t`` are its values flattened (as floats). Its ``param_size`` is whatever the
-    user's decoder outputs, so a decoder must be given with it.
-    """
-
-    def __init__(
-        self, distribution_fn: Callable[[torch.Tensor], Distribution], obs_shape: Sequence[int]
-    ) -> None:
-        super().__init__()
-        if not callable(distribution_fn):
-            raise TypeError(f"CallableObservation: expected a callable, got {type(distribution_fn).__name__}")
-        self.distribution_fn = distribution_fn
-        self.obs_shape = tuple(obs_shape)
-        self.param_size = -1
-        self.feature_size = math.prod(self.obs_shape)
-
-    def distribution(self, params: torch.Tensor) -> Distribution:
-        return self.distribution_fn(params)
-
-    def check_x(self, x: torch.Tensor, where: str) -> None:
-        check_tensor("x", x, where)
-        expected = ["batch", "T", *self.obs_shape]
-        if x.dim() != len(expected) or tuple(x.shape[2:]) != self.obs_shape:
-            raise ValueError(
-                f"{where}: expected x of shape {shape_str(expected)}, got {shape_str(list(x.shape))}"
-            )
-
-
-_FAMILIES = ("bernoulli", "normal", "categorical")
-
-
-def make_observation(observation, obs_dim: int, embedding_size: int | None, where: str) -> Observation:
-    """An :class:`Observation` from a name, an ``Observation``, or a callable ``params -> Distribution``."""
-    if isinstance(observation, Observation):
-        return observation
-    if isinstance(observation, str):
-        check_positive_int("obs_dim", obs_dim, where)
-        if observation == "bernoulli":
-            return BernoulliObservation(obs_dim)
-        if observation == "normal":
-            return NormalObservation(obs_dim)
-        if observation == "categorical":
-            return CategoricalObservation(obs_dim, embedding_size)
-        raise ValueError(
-            f"{where}: expected observation in {_FAMILIES}, an Observation or a callable params -> "
-            f"Distribution, got {observation!r}"
-        )
-    if callable(observation):
-        return CallableObservation(observation, (obs_dim,))
-    raise TypeError(
-        f"{where}: expected observation to be one of {_FAMILIES}, an Observation or a callable, "
-        f"got {type(observation).__name__}"
-    )
-
-
-# ------------------------------------------------------------------------ the base model
 class NeuralSequentialModel(SequentialModel):
     """Shared plumbing of the shipped neural sequence models.
 
@@ -508,12 +190,16 @@ class NeuralSequentialModel(SequentialModel):
         encoded_size: int | None,
         cell: str,
         input_size: int,
+        dropout: float = 0.0,
     ) -> int:
         """Check and store the sizes every neural model shares; return the feature size.
 
         Unset sizes default to ``latent_size`` (the FIVO convention), or to ``hidden_size`` for a
-        model without latents (``latent_size=None``).
+        model without latents (``latent_size=None``). Also checks and stores ``dropout``.
         """
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{where}: expected dropout in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         if latent_size is not None:
             check_positive_int("latent_size", latent_size, where)
         else:
@@ -561,11 +247,14 @@ class NeuralSequentialModel(SequentialModel):
         self.encoded_size = encoded_size
         self.decoder_input_size = decoder_input_size
         hidden = list(fc_hidden_sizes)
+        drop = self.dropout
         self.encoder = (
-            encoder if encoder is not None else mlp([family.feature_size, *hidden, encoded_size], nn.ReLU)
+            encoder
+            if encoder is not None
+            else mlp([family.feature_size, *hidden, encoded_size], nn.ReLU, dropout=drop)
         )
         if decoder is None:
-            decoder = mlp([decoder_input_size, *hidden, family.param_size], nn.ReLU)
+            decoder = mlp([decoder_input_size, *hidden, family.param_size], nn.ReLU, dropout=drop)
         self.decoder = decoder
         if x_mean is not None:
             check_tensor("x_mean", x_mean, where)
@@ -582,6 +271,12 @@ class NeuralSequentialModel(SequentialModel):
         self.register_buffer("x_mean", x_mean)
 
     # ------------------------------------------------------------------------- helpers
+    def recurrent_input(self, inp: torch.Tensor) -> torch.Tensor:
+        """Dropout on the input of a recurrence (training mode only; identity when ``dropout=0``)."""
+        if self.dropout > 0 and self.training:
+            return F.dropout(inp, self.dropout, training=True)
+        return inp
+
     def x_features(self, x: torch.Tensor) -> torch.Tensor:
         """``encoder(features(x - x_mean))``: ``[..., *obs_shape] -> [..., encoded_size]`` (one call)."""
         if self.x_mean is not None:

@@ -42,6 +42,8 @@ class RNN(NeuralSequentialModel):
         embedding_size: symbol embedding size for categorical observations.
         encoder: ``phi``, a module ``[..., feature_size] -> [..., encoded_size]``.
         decoder: a module ``[..., hidden_size + input_size] -> [..., param_size]``.
+        dropout: dropout on every MLP hidden layer and on the recurrence's input, in training mode
+            only (it changes the training objective; evaluation runs in eval mode).
 
     Attributes:
         rnn: the whole-sequence ``nn.LSTM`` / ``nn.GRU``.
@@ -63,11 +65,12 @@ class RNN(NeuralSequentialModel):
         embedding_size: int | None = None,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         where = "RNN"
         encoded = self._set_sizes(
-            where, obs_dim, None, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+            where, obs_dim, None, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size, dropout
         )
         self.latent_shape = (0,)
         ctx = hidden_size + input_size
@@ -84,7 +87,9 @@ class RNN(NeuralSequentialModel):
         return self._log_px(x, inputs)
 
     def _log_px(self, x: torch.Tensor, inputs: torch.Tensor | None) -> torch.Tensor:
-        ctx = causal_context(self.rnn, self.x_features(x), inputs)  # [batch, T, hidden + input]
+        ctx = causal_context(
+            self.rnn, self.recurrent_input(self.x_features(x)), inputs
+        )  # [batch, T, hidden + input]
         return self.observation.log_prob(self.decoder(ctx), x)  # [batch, T]
 
     def exact_log_prob(

@@ -23,6 +23,7 @@ from bbvae._validation import check_positive_int, check_tensor, shape_str
 from bbvae.sequential.base import (
     State,
     _check_model,
+    eval_mode,
     generate,
     tree_map,
 )
@@ -168,6 +169,37 @@ def sample_continuations(
                 f"{where}: expected future_inputs of shape [{batch}, {sample_len}, ...], "
                 f"got {shape_str(list(future_inputs.shape))}"
             )
+    with eval_mode(model):
+        return _continue(
+            model,
+            prefix,
+            n_samples,
+            sample_len,
+            lengths,
+            inputs,
+            future_inputs,
+            n_particles,
+            resampling,
+            ess_threshold,
+            batch,
+            where,
+        )
+
+
+def _continue(
+    model,
+    prefix,
+    n_samples,
+    sample_len,
+    lengths,
+    inputs,
+    future_inputs,
+    n_particles,
+    resampling,
+    ess_threshold,
+    batch,
+    where,
+):
     state, log_w = filter_prefix(
         model,
         prefix,

@@ -15,14 +15,14 @@ Resampling schemes are small functions ``(log_weights [B, K], generator=None) ->
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
+from bbvae._math import effective_sample_size, log_mean_exp
 from bbvae._validation import check_positive_int, is_validation_enabled
-from bbvae.losses.base import effective_sample_size
 from bbvae.sequential.base import (
     _check_model,
     _check_step_output,
@@ -137,7 +137,7 @@ class SMCResult(NamedTuple):
 
 
 def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])
+    return log_mean_exp(log_w, dim=1)  # a row of only -inf gives -inf with a zero gradient
 
 
 def _first_dead_step(
@@ -154,15 +154,20 @@ def _first_dead_step(
     return torch.where(dead & (first_dead < 0), t, first_dead)
 
 
-def _check_no_dead_sequence(first_dead: torch.Tensor, where: str) -> None:
-    if bool((first_dead >= 0).any()):
-        b = int((first_dead >= 0).nonzero()[0, 0])
-        t = int(first_dead[b])
-        raise ValueError(
-            f"{where}: every particle of sequence {b} has log-weight -inf at step {t} (zero weight), so "
-            "the particles cannot be resampled and log Z is -inf; the proposal puts no mass where "
-            "p(x, z) > 0 (check the model's support and the observations)"
-        )
+def _warn_dead_sequences(first_dead: torch.Tensor, where: str) -> None:
+    dead = (first_dead >= 0).nonzero().flatten()
+    if dead.numel() == 0:
+        return
+    pairs = ", ".join(f"sequence {b} at step {int(first_dead[b])}" for b in dead[:10].tolist())
+    more = f" (and {dead.numel() - 10} more)" if dead.numel() > 10 else ""
+    warnings.warn(
+        f"{where}: every particle has log-weight -inf (zero weight) in {pairs}{more}: log Z-hat of these "
+        "sequences is -inf, so the loss value is inf, and they contribute nothing to the gradient. "
+        "If this is not bad luck with a model of bounded support, the proposal puts no mass where "
+        "p(x, z) > 0: check the model's support and the observations.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def smc(
@@ -274,6 +279,9 @@ def smc(
         )
         if masks is not None:
             do = do & masks[t + 1]
+        # A sequence whose particles all have zero weight cannot be resampled: its log Z is -inf
+        # whatever follows, so it keeps its particles (and contributes no gradient).
+        do = do & (step_ess > 0)
         drawn = resample_fn(log_w.detach(), generator=generator)
         anc = torch.where(do.unsqueeze(1), drawn, identity)  # [batch, K]
         resampled.append(do)
@@ -297,7 +305,7 @@ def smc(
         state = model.reorder(state, anc)
 
     if validate:
-        _check_no_dead_sequence(first_dead, where)
+        _warn_dead_sequences(first_dead, where)
     increments_t = torch.stack(increments, dim=1)  # [batch, T]
     log_z = increments_t.sum(dim=1) + _log_mean_exp(log_w)
     ancestors_t = torch.stack(ancestors, dim=1)  # [batch, T, K]

@@ -60,6 +60,8 @@ class SRNN(NeuralSequentialModel):
         encoder: ``phi``, a module ``[..., feature_size] -> [..., encoded_size]``.
         decoder: a module ``[..., latent_size + hidden_size + input_size] -> [..., param_size]``.
         resq: predict the proposal mean as a residual on the prior mean.
+        dropout: dropout on every MLP hidden layer and on the recurrences' inputs, in training mode
+            only (it changes the training objective; evaluation runs in eval mode).
         backward_size: size of the backward recurrence ``a_t`` (default ``hidden_size``).
 
     Attributes:
@@ -86,11 +88,12 @@ class SRNN(NeuralSequentialModel):
         decoder: nn.Module | None = None,
         resq: bool = True,
         backward_size: int | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         where = "SRNN"
         encoded = self._set_sizes(
-            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size, dropout
         )
         self.backward_size = self.hidden_size if backward_size is None else backward_size
         check_positive_int("backward_size", self.backward_size, where)
@@ -102,8 +105,8 @@ class SRNN(NeuralSequentialModel):
         )
         self.forward_rnn = make_rnn(cell, encoded + input_size, self.hidden_size)
         self.backward_rnn = make_rnn(cell, ctx + encoded, self.backward_size)
-        self.prior = GaussianHead([latent_size, ctx], fc, latent_size)
-        self.proposal = GaussianHead([latent_size, self.backward_size], fc, latent_size)
+        self.prior = GaussianHead([latent_size, ctx], fc, latent_size, dropout=self.dropout)
+        self.proposal = GaussianHead([latent_size, self.backward_size], fc, latent_size, dropout=self.dropout)
 
     # ------------------------------------------------------------------------ inference
     def encode(
@@ -113,8 +116,8 @@ class SRNN(NeuralSequentialModel):
         ``c_t`` (prior) and ``a_t`` (proposal), all computed once per sequence."""
         x, inputs = self.prepare(x, lengths, inputs)
         xf = self.x_features(x)  # [batch, T, encoded]
-        ctx = causal_context(self.forward_rnn, xf, inputs)  # [batch, T, hidden + input]
-        backward_in = reverse_padded(torch.cat([ctx, xf], dim=-1), lengths)
+        ctx = causal_context(self.forward_rnn, self.recurrent_input(xf), inputs)  # [batch, T, hidden + input]
+        backward_in = reverse_padded(self.recurrent_input(torch.cat([ctx, xf], dim=-1)), lengths)
         a = reverse_padded(self.backward_rnn(backward_in)[0], lengths)  # [batch, T, backward]
         pc = self.prior.project(1, ctx)
         qa = self.proposal.project(1, a)

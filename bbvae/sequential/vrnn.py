@@ -68,6 +68,11 @@ class VRNN(NeuralSequentialModel):
         encoder: ``phi_x``, a module ``[..., feature_size] -> [..., encoded_size]`` (default: MLP).
         decoder: a module ``[..., decoder_input_size] -> [..., param_size]`` where
             ``decoder_input_size = hidden_size + input_size + encoded_size`` (default: MLP).
+        resq: the proposal predicts its mean as a residual on the prior's mean (the FIVO
+            reference's "res_q" parametrisation; Fraccaro et al. 2016, section 3.3).
+        dropout: dropout on every MLP hidden layer and on the recurrent cell's input, in training
+            mode only (evaluation, sampling and SMC scoring run in eval mode). It changes the
+            training objective: the bound is then that of a randomly thinned network.
 
     Attributes:
         cell: the ``nn.LSTMCell`` / ``nn.GRUCell`` (called once per step).
@@ -92,12 +97,15 @@ class VRNN(NeuralSequentialModel):
         embedding_size: int | None = None,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
+        resq: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         where = "VRNN"
         encoded = self._set_sizes(
-            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size
+            where, obs_dim, latent_size, hidden_size, fc_hidden_sizes, encoded_size, cell, input_size, dropout
         )
+        self.resq = bool(resq)
         ctx = self.hidden_size + input_size
         self._build_io(
             obs_dim,
@@ -111,9 +119,9 @@ class VRNN(NeuralSequentialModel):
             x_mean,
         )
         fc = self.fc_hidden_sizes
-        self.z_encoder = mlp([latent_size, *fc, encoded], nn.ReLU)
-        self.prior = GaussianHead([ctx], fc, latent_size)
-        self.proposal = GaussianHead([ctx, encoded], fc, latent_size)
+        self.z_encoder = mlp([latent_size, *fc, encoded], nn.ReLU, dropout=self.dropout)
+        self.prior = GaussianHead([ctx], fc, latent_size, dropout=self.dropout)
+        self.proposal = GaussianHead([ctx, encoded], fc, latent_size, dropout=self.dropout)
         self.cell = make_cell(cell, 2 * encoded + input_size, self.hidden_size)
 
     # ------------------------------------------------------------------------ inference
@@ -147,6 +155,8 @@ class VRNN(NeuralSequentialModel):
         p_loc, p_scale = self.prior.gaussian(ctx)
         q_pre = self.proposal.project(0, ctx) + encoded_t["qx"].unsqueeze(1)
         q_loc, q_scale = self.proposal.params(self.proposal.finish(q_pre))
+        if self.resq:
+            q_loc = q_loc + p_loc
         if z is None:
             z = draw_normal(q_loc, q_scale, reparametrize and self.has_rsample)
         zf = self.z_encoder(z)  # [batch, K, encoded]
@@ -157,7 +167,8 @@ class VRNN(NeuralSequentialModel):
         parts = [encoded_t["xf"].unsqueeze(1).expand(batch, k, -1), zf]
         if u is not None:
             parts.append(u.expand(batch, k, -1))
-        new_state = step_cell(self.cell, torch.cat(parts, dim=-1), state)  # the one cell call of the step
+        cell_in = self.recurrent_input(torch.cat(parts, dim=-1))
+        new_state = step_cell(self.cell, cell_in, state)  # the one cell call of the step
         return StepOutput(new_state, z, log_p, log_q)
 
     # ----------------------------------------------------------------------- generation

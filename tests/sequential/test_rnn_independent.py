@@ -17,46 +17,9 @@ from bbvae.sequential.smc import smc
 DTYPES = [torch.float32, torch.float64]
 OBSERVATIONS = ["bernoulli", "normal", "categorical"]
 CELLS = ["lstm", "gru"]
-D, V, L, H = 4, 5, 3, 8
 
 
-def make_rnn(observation="bernoulli", cell="lstm", input_size=0, dtype=torch.float64, **kw):
-    obs_dim = V if observation == "categorical" else D
-    model = RNN(
-        obs_dim, hidden_size=H, encoded_size=6, cell=cell, observation=observation,
-        input_size=input_size, embedding_size=3, **kw,
-    )  # fmt: skip
-    return model.to(dtype)
-
-
-def make_ivae(observation="bernoulli", cell="lstm", input_size=0, dtype=torch.float64, **kw):
-    obs_dim = V if observation == "categorical" else D
-    model = IndependentVAE(
-        obs_dim, latent_size=L, hidden_size=H, fc_hidden_sizes=(H,), encoded_size=6, cell=cell,
-        observation=observation, input_size=input_size, embedding_size=3, **kw,
-    )  # fmt: skip
-    return model.to(dtype)
-
-
-MAKERS = {"rnn": make_rnn, "ivae": make_ivae}
-
-
-def make_x(observation, batch, n_steps, dtype=torch.float64):
-    if observation == "categorical":
-        return torch.randint(0, V, (batch, n_steps))
-    if observation == "bernoulli":
-        return torch.bernoulli(torch.full((batch, n_steps, D), 0.3, dtype=dtype))
-    return torch.randn(batch, n_steps, D, dtype=dtype)
-
-
-def pad_mask(x, lengths):
-    mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # [batch, T]
-    return mask.unsqueeze(-1) if x.dim() == 3 else mask
-
-
-def moving_dot(batch, n_steps, dim, generator):
-    start = torch.randint(0, dim, (batch, 1), generator=generator)
-    return nn.functional.one_hot((start + torch.arange(n_steps)) % dim, dim).double()
+MODELS = {"rnn": RNN, "ivae": IndependentVAE}
 
 
 # ------------------------------------------------------------------------------- both models
@@ -64,49 +27,36 @@ def moving_dot(batch, n_steps, dim, generator):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("observation", OBSERVATIONS)
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_shapes_ragged_side_inputs_and_gradients(kind, observation, cell, dtype):
+def test_shapes_ragged_side_inputs_and_gradients(seq, kind, observation, cell, dtype):
     torch.manual_seed(0)
     batch, n_steps, k = 3, 5, 4
-    model = MAKERS[kind](observation, cell, input_size=2, dtype=dtype)
-    x = make_x(observation, batch, n_steps, dtype)
+    model = seq.neural(MODELS[kind], observation, cell, input_size=2, dtype=dtype)
+    x = seq.make_x(observation, batch, n_steps, dtype)
     lengths = torch.tensor([1, 5, 3])
     inputs = torch.randn(batch, n_steps, 2, dtype=dtype)
     run = run_particles(model, x, k, lengths=lengths, inputs=inputs)
-    latent = 0 if kind == "rnn" else L
+    latent = 0 if kind == "rnn" else seq.L
     assert run.z.shape == (batch, k, n_steps, latent) and run.log_p.shape == (batch, k)
     assert run.log_p.dtype == dtype
-    loss = IWAE(model.inf_net, model.gen_model, n_samples=k)
-    loss(x, lengths=lengths, inputs=inputs).backward()
-    assert bool(torch.isfinite(loss.bound_).all())
-    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    seq.assert_finite_iwae_gradients(model, x, k, lengths=lengths, inputs=inputs)
 
 
 @pytest.mark.parametrize("observation", OBSERVATIONS)
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_garbage_padding_changes_nothing(kind, observation):
+def test_garbage_padding_changes_nothing(seq, kind, observation):
     torch.manual_seed(1)
-    model = MAKERS[kind](observation, "gru", dtype=torch.float32)
+    model = seq.neural(MODELS[kind], observation, "gru", dtype=torch.float32)
     lengths = torch.tensor([4, 1, 6])
-    x = make_x(observation, 3, 6, torch.float32)
-    x = torch.where(pad_mask(x, lengths), x, torch.zeros_like(x))
-    garbage = torch.full_like(x, float("nan")) if x.is_floating_point() else torch.full_like(x, 999)
-    results = []
-    for data in (x, torch.where(pad_mask(x, lengths), x, garbage)):
-        model.zero_grad()
-        torch.manual_seed(7)
-        loss = IWAE(model.inf_net, model.gen_model, n_samples=3)
-        loss(data, lengths=lengths).backward()
-        results.append((loss.bound_, [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(results[0][0], results[1][0])
-    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    x = seq.make_x(observation, 3, 6, torch.float32)
+    seq.assert_padding_ignored(model, x, lengths, symbol=999)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_sequence_alone_equals_sequence_in_padded_batch(kind):
+def test_sequence_alone_equals_sequence_in_padded_batch(seq, kind):
     torch.manual_seed(2)
-    model = MAKERS[kind]("bernoulli", "lstm")
+    model = seq.neural(MODELS[kind], "bernoulli", "lstm")
     lengths = torch.tensor([3, 5, 1])
-    x = make_x("bernoulli", 3, 5)
+    x = seq.make_x("bernoulli", 3, 5)
     z = torch.randn(3, 2, 5, *model.latent_shape, dtype=torch.float64)
     batch_run = run_particles(model, x, 2, lengths=lengths, z=z)
     for b, n in enumerate(lengths.tolist()):
@@ -116,9 +66,9 @@ def test_sequence_alone_equals_sequence_in_padded_batch(kind):
 
 
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_x_only_networks_run_once_per_loss_call(kind):
+def test_x_only_networks_run_once_per_loss_call(seq, kind):
     torch.manual_seed(3)
-    model = MAKERS[kind]("normal", "lstm")
+    model = seq.neural(MODELS[kind], "normal", "lstm")
     names = ["encoder", "rnn"] + (["proposal"] if kind == "ivae" else [])
     counts = dict.fromkeys(names, 0)
     for name in names:
@@ -127,46 +77,35 @@ def test_x_only_networks_run_once_per_loss_call(kind):
             counts[name] += 1
 
         getattr(model, name).register_forward_hook(hook)
-    x = make_x("normal", 4, 8)
+    x = seq.make_x("normal", 4, 8)
     IWAE(model.inf_net, model.gen_model, n_samples=5)(x, lengths=torch.tensor([8, 2, 5, 7])).backward()
     assert counts == dict.fromkeys(names, 1)
 
 
 @pytest.mark.parametrize("observation", OBSERVATIONS)
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_ancestral_samples_shape_and_support(kind, observation):
+def test_ancestral_samples_shape_and_support(seq, kind, observation):
     torch.manual_seed(4)
-    model = MAKERS[kind](observation, "gru", input_size=1)
+    model = seq.neural(MODELS[kind], observation, "gru", input_size=1)
     x, z = model.gen_model.sample(3, inputs=torch.randn(3, 6, 1, dtype=torch.float64))
     assert z.shape == (3, 6, *model.latent_shape)
     if observation == "categorical":
-        assert x.shape == (3, 6) and bool(((x >= 0) & (x < V)).all())
+        assert x.shape == (3, 6) and bool(((x >= 0) & (x < seq.V)).all())
     else:
-        assert x.shape == (3, 6, D) and x.dtype == torch.float64
+        assert x.shape == (3, 6, seq.D) and x.dtype == torch.float64
     if observation == "bernoulli":
         assert bool(((x == 0) | (x == 1)).all())
 
 
 @pytest.mark.parametrize("kind", ["rnn", "ivae"])
-def test_training_improves_the_bound(kind):
+def test_training_improves_the_bound(seq, kind):
     torch.manual_seed(9)
     gen = torch.Generator().manual_seed(10)
-    dim, n_steps = 6, 8
-    test_x = moving_dot(64, n_steps, dim, gen)
     if kind == "rnn":
-        model = RNN(dim, hidden_size=16).double()
+        model = RNN(6, hidden_size=16).double()
     else:
-        model = IndependentVAE(dim, latent_size=4, hidden_size=16, fc_hidden_sizes=(16,)).double()
-    loss = IWAE(model.inf_net, model.gen_model, n_samples=4)
-    with torch.no_grad():
-        before = -float(loss(test_x))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        opt.zero_grad(set_to_none=True)
-        loss(moving_dot(32, n_steps, dim, gen)).backward()
-        opt.step()
-    with torch.no_grad():
-        after = -float(loss(test_x))
+        model = IndependentVAE(6, latent_size=4, hidden_size=16, fc_hidden_sizes=(16,)).double()
+    before, after = seq.training_gain(model, gen, n_steps=8, dim=6)
     assert after > before + 8.0, (before, after)
 
 
@@ -184,10 +123,10 @@ def teacher_forced(model, x):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("observation", ["bernoulli", "normal"])
-def test_rnn_exact_log_prob_is_teacher_forced_likelihood(observation, cell):
+def test_rnn_exact_log_prob_is_teacher_forced_likelihood(seq, observation, cell):
     torch.manual_seed(5)
-    model = make_rnn(observation, cell)
-    x = make_x(observation, 3, 6)
+    model = seq.neural(RNN, observation, cell)
+    x = seq.make_x(observation, 3, 6)
     lengths = torch.tensor([6, 2, 4])
     exact = model.exact_log_prob(x, lengths)
     assert exact.shape == (3,)
@@ -196,10 +135,10 @@ def test_rnn_exact_log_prob_is_teacher_forced_likelihood(observation, cell):
 
 
 @pytest.mark.parametrize("observation", OBSERVATIONS)
-def test_rnn_every_bound_equals_its_exact_log_likelihood(observation):
+def test_rnn_every_bound_equals_its_exact_log_likelihood(seq, observation):
     torch.manual_seed(6)
-    model = make_rnn(observation, "lstm")
-    x = make_x(observation, 3, 5)
+    model = seq.neural(RNN, observation, "lstm")
+    x = seq.make_x(observation, 3, 5)
     lengths = torch.tensor([5, 3, 2])
     exact = model.exact_log_prob(x, lengths)
     iwae = IWAE(model.inf_net, model.gen_model, n_samples=4)
@@ -222,20 +161,24 @@ def test_rnn_every_bound_equals_its_exact_log_likelihood(observation):
 
 # ------------------------------------------------------------------------------ IndependentVAE
 class ZeroDecoder(nn.Module):
-    """Bernoulli logits 0 whatever the input: log p(x_t | .) = -D log 2 for binary x_t."""
+    """Bernoulli logits 0 whatever the input: log p(x_t | .) = -D log 2 for binary x_t [D]."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
 
     def forward(self, h):
-        return h.new_zeros(*h.shape[:-1], D)
+        return h.new_zeros(*h.shape[:-1], self.size)
 
 
-def test_independent_prior_is_standard_normal_whatever_the_history():
+def test_independent_prior_is_standard_normal_whatever_the_history(seq):
     torch.manual_seed(7)
-    model = make_ivae("bernoulli", "lstm", decoder=ZeroDecoder())
+    model = seq.neural(IndependentVAE, "bernoulli", "lstm", decoder=ZeroDecoder(seq.D))
     lengths = torch.tensor([5, 3])
-    z = torch.randn(2, 4, 5, L, dtype=torch.float64)
+    z = torch.randn(2, 4, 5, seq.L, dtype=torch.float64)
     mask = (torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(1)  # [batch, 1, T]
-    log_normal = -0.5 * z.square().sum(-1) - 0.5 * L * math.log(2 * math.pi)  # [batch, K, T]
-    expected = torch.where(mask, log_normal - D * math.log(2.0), 0.0).sum(-1)
-    for history in (make_x("bernoulli", 2, 5), 1.0 - make_x("bernoulli", 2, 5)):
+    log_normal = -0.5 * z.square().sum(-1) - 0.5 * seq.L * math.log(2 * math.pi)  # [batch, K, T]
+    expected = torch.where(mask, log_normal - seq.D * math.log(2.0), 0.0).sum(-1)
+    for history in (seq.make_x("bernoulli", 2, 5), 1.0 - seq.make_x("bernoulli", 2, 5)):
         run = run_particles(model, history, 4, lengths=lengths, z=z)
         torch.testing.assert_close(run.log_p, expected)

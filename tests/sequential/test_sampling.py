@@ -12,68 +12,49 @@ from bbvae.sequential.sampling import filter_prefix, sample_continuations, sampl
 from bbvae.sequential.srnn import SRNN
 from bbvae.sequential.vrnn import VRNN
 
-D, V, L, H = 4, 5, 3, 8
-
-
-def make(kind, observation="bernoulli", cell="lstm", input_size=0):
-    obs_dim = V if observation == "categorical" else D
-    common = dict(cell=cell, observation=observation, input_size=input_size, embedding_size=3)
-    if kind == "rnn":
-        return RNN(obs_dim, hidden_size=H, **common).double()
-    cls = {"vrnn": VRNN, "srnn": SRNN, "ivae": IndependentVAE}[kind]
-    return cls(obs_dim, latent_size=L, hidden_size=H, fc_hidden_sizes=(H,), **common).double()
-
-
-def make_x(observation, batch, n_steps):
-    if observation == "categorical":
-        return torch.randint(0, V, (batch, n_steps))
-    if observation == "bernoulli":
-        return torch.bernoulli(torch.full((batch, n_steps, D), 0.3, dtype=torch.float64))
-    return torch.randn(batch, n_steps, D, dtype=torch.float64)
-
-
+CLASSES = {"vrnn": VRNN, "srnn": SRNN, "rnn": RNN, "ivae": IndependentVAE}
 KINDS = ["vrnn", "srnn", "rnn", "ivae"]
 
 
 @pytest.mark.parametrize("observation", ["bernoulli", "categorical", "normal"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_sample_sequences_shapes_and_support(kind, observation):
+def test_sample_sequences_shapes_and_support(seq, kind, observation):
     torch.manual_seed(0)
-    model = make(kind, observation)
+    model = seq.neural(CLASSES[kind], observation)
     x, z = sample_sequences(model, 6, 5)
     assert z.shape == (6, 5, *model.latent_shape)
     if observation == "categorical":
-        assert x.shape == (6, 5) and bool(((x >= 0) & (x < V)).all())
+        assert x.shape == (6, 5) and bool(((x >= 0) & (x < seq.V)).all())
     else:
-        assert x.shape == (6, 5, D)
+        assert x.shape == (6, 5, seq.D)
     if observation == "bernoulli":
         assert bool(((x == 0) | (x == 1)).all())
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_continuation_shapes_with_ragged_prefixes_and_inputs(kind, cell):
+def test_continuation_shapes_with_ragged_prefixes_and_inputs(seq, kind, cell):
     torch.manual_seed(1)
-    model = make(kind, "bernoulli", cell, input_size=2)
-    prefix = make_x("bernoulli", 3, 4)
+    model = seq.neural(CLASSES[kind], "bernoulli", cell, input_size=2)
+    prefix = seq.make_x("bernoulli", 3, 4)
     lengths = torch.tensor([4, 1, 3])
     inputs = torch.randn(3, 4, 2, dtype=torch.float64)
     future = torch.randn(3, 6, 2, dtype=torch.float64)
     x, z = sample_continuations(
         model, prefix, 5, 6, lengths=lengths, inputs=inputs, future_inputs=future, n_particles=7
     )
-    assert x.shape == (3, 5, 6, D) and z.shape == (3, 5, 6, *model.latent_shape)
+    assert x.shape == (3, 5, 6, seq.D) and z.shape == (3, 5, 6, *model.latent_shape)
     assert bool(((x == 0) | (x == 1)).all())
     with pytest.raises(ValueError, match="future_inputs"):
         sample_continuations(model, prefix, 5, 6, lengths=lengths, inputs=inputs, future_inputs=future[:, :2])
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_garbage_past_the_prefix_changes_no_continuation(kind):
+def test_garbage_past_the_prefix_changes_no_continuation(seq, kind):
     torch.manual_seed(2)
-    model = make(kind, "normal", "gru")
+    model = seq.neural(CLASSES[kind], "normal", "gru")
     lengths = torch.tensor([2, 5])
-    prefix = make_x("normal", 2, 5)
+    prefix = seq.make_x("normal", 2, 5)
     mask = (torch.arange(5).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
     clean = torch.where(mask, prefix, 0.0)
     outputs = []
@@ -86,12 +67,12 @@ def test_garbage_past_the_prefix_changes_no_continuation(kind):
 
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_filter_state_is_frozen_after_each_prefix_ends(threshold):
+def test_filter_state_is_frozen_after_each_prefix_ends(seq, threshold):
     # One sequence padded to T = 6 versus cut to its length 3: same seed, same draws for the
     # first 3 steps, and the padded run's state must not move afterwards.
     torch.manual_seed(4)
-    model = make("vrnn", "bernoulli")
-    x = make_x("bernoulli", 1, 6)
+    model = seq.neural(CLASSES["vrnn"], "bernoulli")
+    x = seq.make_x("bernoulli", 1, 6)
     torch.manual_seed(5)
     state_cut, log_w_cut = filter_prefix(model, x[:, :3], 4, ess_threshold=threshold)
     torch.manual_seed(5)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from bbvae.base import NotFittedError
-from bbvae.data import SequenceBatch, gaussian_hmm_data
+from bbvae.data import SequenceBatch, collate_sequences, gaussian_hmm_data
 from bbvae.sequential.estimator import BOUNDS, SequenceModel, to_sequences
-from bbvae.training import SequenceData
 
 TINY = dict(latent_size=3, hidden_size=4, batch_size=2, max_steps=2, log_every=1, random_state=0)
 
@@ -34,7 +33,7 @@ def symbol_sequences(lengths=(5, 3, 6), n_symbols=4, seed=0) -> list[torch.Tenso
 
 
 def padded(seqs):
-    return SequenceData(seqs).batch(list(range(len(seqs))))
+    return collate_sequences(seqs)
 
 
 # ------------------------------------------------------------------------ parameters
@@ -233,3 +232,21 @@ def test_load_restores_a_fit_from_its_checkpoint(synthetic, tmp_path):
     assert torch.equal(loaded.score_samples(synthetic), est.score_samples(synthetic))
     with pytest.raises(ValueError, match="does not match this model"):
         SequenceModel(**{**params, "latent_size": 5}).load(synthetic, tmp_path / "last.pt")
+
+
+def test_score_with_a_random_state_repeats_and_leaves_the_global_stream_alone():
+    from bbvae.data import PianoRollData
+
+    data = PianoRollData.load()
+    est = SequenceModel(latent_size=4, max_steps=2, random_state=0).fit(data)
+    torch.manual_seed(11)
+    expected_next = torch.rand(3)
+    torch.manual_seed(11)
+    first = est.score(data, split="valid", random_state=3)
+    assert torch.equal(torch.rand(3), expected_next)  # the global generator did not move
+    assert est.score(data, split="valid", random_state=3) == first
+    assert est.score(data, split="valid", random_state=4) != first
+    per_sequence = est.score_samples(data, split="valid", random_state=3)
+    assert torch.equal(per_sequence, est.score_samples(data, split="valid", random_state=3))
+    with pytest.raises(ValueError, match="random_state"):
+        est.score(data, random_state=-1)

@@ -70,12 +70,19 @@ def test_a_dominant_particle_is_always_chosen():
         assert fn(log_w.expand(100, 4)).eq(0).all()
 
 
-def test_all_zero_weights_raise_naming_sequence_and_step(seq):
-    model = seq.make_ghmm(2, 3)
+@pytest.mark.parametrize("gradient", ["none", "score", "stop_gradient"])
+def test_all_zero_weights_are_named_and_give_minus_infinity(seq, gradient):
+    # (finite gradients with a dead sequence: tests/losses/test_zero_likelihood_points.py; here the
+    # emission's own derivative at x = inf is infinite, so only values are checked)
+    model = seq.make_ghmm(2, 3)  # bootstrap proposal: the infinite x_t reaches only the emission
+    torch.manual_seed(0)
     x, _ = model.sample(3, 5)
     x[1, 2, 0] = math.inf  # every particle of sequence 1 gets weight 0 at step 2
-    with pytest.raises(ValueError, match="sequence 1 has log-weight -inf at step 2"):
-        smc(model, x, 4)
+    with pytest.warns(RuntimeWarning, match="sequence 1 at step 2"):
+        r = smc(model, x, 4, ess_threshold=1.0, gradient=gradient)
+    assert torch.isneginf(r.log_z[1]) and torch.isfinite(r.log_z[[0, 2]]).all()
+    assert r.ess[1, 2] == 0 and not r.resampled[1, 2:].any()  # a dead set is never resampled
+    assert r.resampled[[0, 2], :4].all()
 
 
 # ------------------------------------------------------------------------------ the filter

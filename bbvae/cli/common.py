@@ -1,0 +1,306 @@
+"""What the ``bbvae`` commands share: argument types, the run's config, the data, the estimator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PROG = "bbvae"
+CONFIG_FILE = "config.json"
+CONFIG_FORMAT = "bbvae.cli"
+SAMPLES_FILE = "samples.npz"
+DATASET_TYPES = ("pianoroll", "text", "synthetic")
+SPLITS = ("train", "valid", "test")
+MIDI_STEP_SECONDS = 0.5
+# Steps when neither --max-steps nor --max-epochs is given: train until stopped, like the reference.
+UNLIMITED_STEPS = 1_000_000
+
+# Settings saved in config.json, with their defaults (None: decided by the estimator or the data).
+DEFAULTS: dict[str, Any] = {
+    "dataset_type": "pianoroll",
+    "dataset_path": None,
+    "model": "vrnn",
+    "bound": "fivo",
+    "latent_size": None,
+    "hidden_size": None,
+    "cell": "lstm",
+    "proposal": "network",
+    "num_samples": 4,
+    "resampling": "multinomial",
+    "ess_threshold": 0.5,
+    "normalize": "length",
+    "learning_rate": 2e-4,
+    "batch_size": 4,
+    "max_steps": None,
+    "max_epochs": None,
+    "max_length": None,
+    "length_bucketing": None,
+    "clip_grad_norm": None,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "lr_schedule": None,
+    "lr_factor": None,
+    "lr_patience": None,
+    "warmup_steps": 0,
+    "ema_decay": None,
+    "dropout": 0.0,
+    "eval_every": None,
+    "patience": None,
+    "log_every": 50,
+    "checkpoint_every": 1000,
+    "num_samples_eval": None,
+    "seed": None,
+}
+# config key -> SequenceModel parameter
+ESTIMATOR_KEYS = {
+    "model": "model",
+    "bound": "bound",
+    "latent_size": "latent_size",
+    "hidden_size": "hidden_size",
+    "cell": "cell",
+    "proposal": "proposal",
+    "num_samples": "n_samples",
+    "resampling": "resampling",
+    "ess_threshold": "ess_threshold",
+    "normalize": "normalize",
+    "learning_rate": "learning_rate",
+    "batch_size": "batch_size",
+    "max_steps": "max_steps",
+    "max_epochs": "max_epochs",
+    "max_length": "max_length",
+    "length_bucketing": "length_bucketing",
+    "clip_grad_norm": "clip_grad_norm",
+    "optimizer": "optimizer",
+    "weight_decay": "weight_decay",
+    "lr_schedule": "lr_schedule",
+    "warmup_steps": "warmup_steps",
+    "ema_decay": "ema_decay",
+    "dropout": "dropout",
+    "eval_every": "eval_every",
+    "patience": "patience",
+    "log_every": "log_every",
+    "checkpoint_every": "checkpoint_every",
+    "num_samples_eval": "n_samples_eval",
+    "seed": "random_state",
+}
+
+
+class UsageError(Exception):
+    """A problem with the command line or its files: reported as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UsageError(message)
+
+
+def number_type(cast: type, accept, expected: str):
+    """An argparse type: ``cast`` the text and keep it if ``accept(value)``, else name ``expected``."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = number_type(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+unit_float = number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+any_int = number_type(int, lambda v: True, "an integer")
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+
+
+def config_path(logdir: Path) -> Path:
+    return logdir / CONFIG_FILE
+
+
+def read_config(logdir: Path) -> dict[str, Any]:
+    path = config_path(logdir)
+    if not logdir.is_dir():
+        raise UsageError(
+            f"--logdir {str(logdir)!r}: no such directory; train a model there first (bbvae train)"
+        )
+    if not path.is_file():
+        raise UsageError(
+            f"--logdir {str(logdir)!r} holds no trained model ({CONFIG_FILE} is missing); "
+            "run bbvae train --logdir there first"
+        )
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{str(path)!r} is not a readable bbvae config ({exc})") from None
+    if (
+        not isinstance(saved, dict)
+        or saved.get("format") != CONFIG_FORMAT
+        or not isinstance(saved.get("settings"), dict)
+    ):
+        raise UsageError(f"{str(path)!r} is not a bbvae run config (format {CONFIG_FORMAT!r})")
+    return {**DEFAULTS, **{k: v for k, v in saved["settings"].items() if k in DEFAULTS}}
+
+
+def write_config(logdir: Path, settings: dict[str, Any]) -> None:
+    from bbvae import __version__
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CONFIG_FORMAT, "version": 1, "bbvae_version": __version__, "settings": settings}
+    tmp = config_path(logdir).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, config_path(logdir))
+
+
+def check_settings(s: dict[str, Any]) -> None:
+    if s["model"] == "ghmm" and s["dataset_type"] != "synthetic":
+        raise UsageError(
+            f"--model ghmm needs real-valued data: use --dataset-type synthetic (got {s['dataset_type']})"
+        )
+    if s["dataset_type"] == "text" and not s["dataset_path"]:
+        raise UsageError("--dataset-type text needs --dataset-path (a text file)")
+    if s["bound"] in ("vimco", "rws") and s["num_samples"] < 2:
+        raise UsageError(f"--bound {s['bound']} needs --num-samples >= 2, got {s['num_samples']}")
+    if s.get("lr_schedule") == "cosine" and s.get("max_steps") is None:
+        raise UsageError("--lr-schedule cosine anneals over --max-steps: set --max-steps")
+    if s.get("lr_schedule") == "plateau" and s.get("eval_every") is None and s.get("patience") is None:
+        raise UsageError("--lr-schedule plateau follows the validation bound: set --eval-every")
+    if (s.get("lr_factor") is not None or s.get("lr_patience") is not None) and s.get(
+        "lr_schedule"
+    ) != "plateau":
+        raise UsageError("--lr-factor and --lr-patience belong to --lr-schedule plateau")
+
+
+def parse_device(text: str | None) -> str | None:
+    from bbvae.estimator import resolve_device
+
+    try:
+        resolve_device(text, "--device")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return text
+
+
+def load_data(s: dict[str, Any]):
+    """The data set named by the settings: PianoRollData, TextData or SyntheticData."""
+    kind, path = s["dataset_type"], s["dataset_path"]
+    if path is not None and not Path(path).exists():
+        raise UsageError(f"--dataset-path: no such file: {path!r}")
+    if path is not None and Path(path).is_dir():
+        raise UsageError(f"--dataset-path: expected a file, got the directory {path!r}")
+    if kind == "pianoroll":
+        from bbvae.data import PianoRollData
+
+        return PianoRollData.load(path)
+    if kind == "text":
+        from bbvae.data import load_text
+
+        return load_text(path)
+    from bbvae.data import SyntheticData, gaussian_hmm_data
+
+    if path is None:
+        return gaussian_hmm_data(seed=0)
+    return SyntheticData(None, **read_synthetic(Path(path)))
+
+
+def read_synthetic(path: Path) -> dict[str, list[torch.Tensor]]:
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                raw = {name: npz[name] for name in npz.files}
+        except Exception as exc:
+            raise UsageError(f"--dataset-path {str(path)!r}: not a readable .npz file ({exc})") from None
+    elif path.suffix == ".pt":
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UsageError(f"--dataset-path {str(path)!r}: not a readable .pt file ({exc})") from None
+    else:
+        raise UsageError(f"--dataset-path {str(path)!r}: synthetic data must be a .pt or .npz file")
+    if not isinstance(raw, dict):
+        raise UsageError(f"--dataset-path {str(path)!r}: expected a dict of splits, got {type(raw).__name__}")
+    out = {}
+    for split in SPLITS:
+        if split not in raw:
+            raise UsageError(f"--dataset-path {str(path)!r}: missing the {split!r} split")
+        value = raw[split]
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            x = torch.as_tensor(value)
+            if x.dim() != 3:
+                raise UsageError(
+                    f"--dataset-path {str(path)!r}: expected {split} of shape [N, T, D], got {list(x.shape)}"
+                )
+            lengths = raw.get(f"{split}_lengths")
+            lens = [x.shape[1]] * x.shape[0] if lengths is None else [int(n) for n in np.asarray(lengths)]
+            value = [row[:n] for row, n in zip(x.unbind(0), lens)]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise UsageError(
+                f"--dataset-path {str(path)!r}: expected a non-empty list of sequences in {split!r}"
+            )
+        out[split] = [torch.as_tensor(v).float() for v in value]
+    return out
+
+
+def describe_data(s: dict[str, Any]) -> str:
+    if s["dataset_path"]:
+        return f"{s['dataset_type']} data from {s['dataset_path']}"
+    if s["dataset_type"] == "pianoroll":
+        return "the embedded JSB chorales"
+    return "generated Gaussian-HMM sequences (seed 0)"
+
+
+def make_estimator(
+    s: dict[str, Any], device: str | None, logdir: Path | None = None, progress: bool = False, callbacks=None
+):
+    from bbvae.sequential.estimator import SequenceModel
+
+    s = {**DEFAULTS, **s}  # a config written before a setting existed has its default
+    params = {param: s[key] for key, param in ESTIMATOR_KEYS.items()}
+    if params["max_steps"] is None and params["max_epochs"] is None:
+        params["max_steps"] = UNLIMITED_STEPS
+    schedule_kwargs = {"factor": s["lr_factor"], "patience": s["lr_patience"]}
+    schedule_kwargs = {k: v for k, v in schedule_kwargs.items() if v is not None}
+    params["lr_schedule_kwargs"] = schedule_kwargs or None
+    return SequenceModel(
+        **params,
+        device=device,
+        logdir=None if logdir is None else str(logdir),
+        progress=progress,
+        callbacks=callbacks,
+    )
+
+
+def checkpoint_path(logdir: Path, which: str) -> Path:
+    path = logdir / f"{which}.pt"
+    if not path.is_file():
+        hint = " (best.pt needs --eval-every or --patience during training)" if which == "best" else ""
+        raise UsageError(f"--logdir {str(logdir)!r} has no {path.name}{hint}; train a model there first")
+    return path
+
+
+def load_trained(args: argparse.Namespace):
+    logdir = Path(args.logdir)
+    s = read_config(logdir)
+    if args.dataset_path is not None:
+        s["dataset_path"] = args.dataset_path
+    if getattr(args, "num_samples_eval", None) is not None:
+        s["num_samples_eval"] = args.num_samples_eval
+    path = checkpoint_path(logdir, args.checkpoint)
+    device = parse_device(args.device)
+    data = load_data(s)
+    est = make_estimator(s, device)
+    est.load(data, path)
+    return s, data, est, logdir
