@@ -40,6 +40,7 @@ FLOORS: dict[str, int] = {
     "bbvae.sequential.estimator_build": 6,
     "bbvae.sequential.estimator_data": 6,
     "bbvae.sequential.estimator_sampling": 6,
+    "bbvae.pretrained": 6,
     "bbvae.cli": 7,
     "bbvae.plots": 7,
     "bbvae.__main__": 7,

@@ -147,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``bbvae train``; returns the exit status."""
     from bbvae.training import Callback
 
+    if args.logdir is None:
+        raise UsageError("the following arguments are required: --logdir")
     logdir = Path(args.logdir)
     if logdir.exists() and not logdir.is_dir():
         raise UsageError(f"--logdir {str(logdir)!r} is a file, not a directory")
