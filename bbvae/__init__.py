@@ -4,11 +4,11 @@ Layout: the package is built in floors, and imports only go down (a module impor
 floor or a lower one, never from a higher one; ``tests/test_layout.py`` checks it):
 
 7. interface: ``bbvae.cli`` (one module per command), ``bbvae.plots`` (pictures of a run),
-   ``bbvae.__main__``
+   ``bbvae.__main__``; ``bbvae.play`` (a game world model and an agent trained in it)
 6. estimators: ``bbvae.estimator`` (VAE) with ``bbvae.estimator_data`` (its data checks),
    ``bbvae.estimator_base`` (the parameter contract and the Trainer glue),
    ``bbvae.sequential.estimator`` (SequenceModel) with ``estimator_build``, ``estimator_data`` and
-   ``estimator_sampling``
+   ``estimator_sampling``, ``bbvae.pretrained`` (shipped models by name)
 5. training: ``bbvae.training`` (the Trainer: loop, checkpointing, evaluation, logs, settings,
    data sources), ``bbvae.distributed``
 4. data sets: ``bbvae.data`` (piano rolls, text, MIDI, synthetic)

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--score-only", action="store_true", help="score the best checkpoint, do not train")
+    p.add_argument("--figures-only", action="store_true", help="only draw the run's pictures")
     return p
 
 
@@ -226,6 +227,59 @@ def score(args, data, run_dir: Path) -> dict:
     return out
 
 
+def figures(args, data, run_dir: Path) -> list[Path]:
+    """``curve.png`` (training and validation bound against steps and CPU minutes) and
+    ``pianorolls.png`` (continuations of test chorales next to the truth, and unconditional samples)
+    of the best-validation model; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench_pianoroll: no matplotlib, no pictures (pip install 'bbvae[plots]')")
+        return []
+    from bbvae.plots import plot_pianorolls
+
+    rows = [json.loads(line) for line in (run_dir / "curve.jsonl").read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "step", "optimizer step"), (axes[1], "cpu_minutes", "CPU minutes")):
+        train = [(r[key], r["train_bound"]) for r in rows if r["train_bound"] is not None]
+        valid = [(r[key], r["valid_bound"]) for r in rows if r["valid_bound"] is not None]
+        ax.plot(*zip(*train), color="C0", alpha=0.6, label="training (batch mean, per step)")
+        ax.plot(*zip(*valid), "o-", color="C1", markersize=3, label="validation")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{args.bound.upper()} bound (nats per time step)")
+    axes[0].set_ylim(bottom=max(-12.0, min(v for _, v in valid) - 0.5))
+    axes[0].legend(loc="lower right")
+    fig.suptitle(
+        f"{args.dataset}: {args.model.upper()} trained with {args.bound.upper()} (K={args.num_particles})"
+    )
+    fig.tight_layout()
+    curve = run_dir / "curve.png"
+    fig.savefig(curve, dpi=100)
+    plt.close(fig)
+
+    est = estimator(args, None).load(data, run_dir / "train" / "best.pt")
+    torch.manual_seed(0)
+    test = [torch.as_tensor(roll, dtype=torch.float32) for roll in data.split("test")[:3]]
+    prefix, length = 16, 48
+    continued, _ = est.sample_continuations([t[:prefix] for t in test], 1, length)  # [3, 1, length, 88]
+    unconditional, _ = est.sample(2, prefix + length)
+    panels = []
+    for i, roll in enumerate(test):
+        panels.append((f"test {i}", roll[: prefix + length].numpy(), prefix))
+        panels.append((f"model {i}", torch.cat([roll[:prefix], continued[i, 0]]).numpy(), prefix))
+    panels += [(f"sample {i}", unconditional[i].numpy(), 0) for i in range(2)]
+    rolls = plot_pianorolls(
+        panels,
+        run_dir / "pianorolls.png",
+        title=f"{args.dataset} {args.model}-{args.bound}: test prefixes continued after the line; samples",
+    )
+    return [curve, rolls]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -240,6 +294,9 @@ def main(argv=None) -> int:
             raise SystemExit(f"bench_pianoroll: {run_dir} was trained with other {', '.join(changed)}")
     settings_path.write_text(json.dumps(settings, indent=1, sort_keys=True))
     data, source = load_data(args)
+    if args.figures_only:
+        print(figures(args, data, run_dir))
+        return 0
     result = {"settings": settings, "data": source}
     if not args.score_only:
         result["training"] = train(args, data, run_dir)
@@ -254,6 +311,7 @@ def main(argv=None) -> int:
     }
     result["date"] = datetime.date.today().isoformat()
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    figures(args, data, run_dir)
     s = result["scores"]
     print(
         f"{args.dataset} {args.model}-{args.bound}: test ELBO {s['test_elbo']['mean']:.3f} IWAE "

@@ -64,7 +64,7 @@ def build_parser():
     commands.required = True
 
     common = Parser(add_help=False)
-    common.add_argument("--logdir", required=True, help="directory of the run (checkpoints, log, config)")
+    common.add_argument("--logdir", help="directory of the run (checkpoints, log, config)")
     common.add_argument(
         "--dataset-path",
         help="data file (pianoroll: pickle, default the embedded JSB chorales; text: a text file; "

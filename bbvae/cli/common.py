@@ -348,7 +348,45 @@ def checkpoint_path(logdir: Path, which: str) -> Path:
     return path
 
 
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` of a run in ``--logdir``, or ``--pretrained NAME`` (a shipped model)."""
+    parser.add_argument(
+        "--checkpoint", choices=("last", "best"), default="last", help="which checkpoint (last)"
+    )
+    parser.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="use a model shipped with bbvae (e.g. jsb-vrnn-fivo) instead of --logdir",
+    )
+
+
+def _load_pretrained(args: argparse.Namespace):
+    from bbvae import pretrained
+
+    try:
+        meta = pretrained.info(args.pretrained)
+    except ValueError as exc:
+        raise UsageError(f"--pretrained: {exc}") from None
+    params = meta["params"]
+    s = {**DEFAULTS, "dataset_type": "pianoroll", "dataset_path": args.dataset_path}
+    s.update({key: params[param] for key, param in ESTIMATOR_KEYS.items() if param in params})
+    if getattr(args, "num_samples_eval", None) is not None:
+        s["num_samples_eval"] = args.num_samples_eval
+    est = pretrained.load(args.pretrained, device=parse_device(args.device))
+    logdir = None if args.logdir is None else Path(args.logdir)
+    if logdir is not None:
+        logdir.mkdir(parents=True, exist_ok=True)
+    return s, load_data(s), est, logdir
+
+
 def load_trained(args: argparse.Namespace):
+    """``(settings, data, fitted estimator, logdir or None)`` of ``--logdir`` or ``--pretrained``."""
+    if getattr(args, "pretrained", None) is not None:
+        if args.logdir is not None and args.checkpoint != "last":
+            raise UsageError("--checkpoint belongs to a run in --logdir, not to --pretrained")
+        return _load_pretrained(args)
+    if args.logdir is None:
+        raise UsageError("give --logdir (a trained run) or --pretrained NAME (a shipped model)")
     logdir = Path(args.logdir)
     s = read_config(logdir)
     if args.dataset_path is not None:

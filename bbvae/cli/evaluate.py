@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bbvae.cli.common import SPLITS, load_trained, positive_int
+from bbvae.cli.common import SPLITS, add_model_source, load_trained, positive_int
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="samples/particles per sequence (default: the training --num-samples)",
     )
-    ev.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint (last)")
+    add_model_source(ev)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         ess_threshold=s["ess_threshold"],
     )
     n_steps = int(batch.lengths.sum())
+    what = f"pretrained {args.pretrained!r}: " if args.pretrained else ""
     print(
-        f"{s['model']} trained with {s['bound']} for {est.n_iter_} steps; split {args.split!r}: "
+        f"{what}{s['model']} trained with {s['bound']} for {est.n_iter_} steps; split {args.split!r}: "
         f"{len(seqs)} sequences, {n_steps} steps; {k} samples"
     )
     print(f"{'bound':<8}{'nats/step':>14}{'nats/sequence':>16}")
@@ -62,12 +63,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name.upper():<8}{values['per_step']:>14.4f}{values['per_sequence']:>16.4f}")
     out = {
         "split": args.split,
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.pretrained or args.checkpoint,
         "step": est.n_iter_,
         "n_samples": k,
         "n_sequences": len(seqs),
         "n_steps": n_steps,
         "bounds": report,
     }
-    (logdir / f"eval_{args.split}.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    if args.pretrained and args.split == "test":
+        reported = est.pretrained_.get("test", {})
+        for name in ("elbo", "iwae", "fivo"):
+            if name in reported and reported[name].get("n_samples") == k:
+                r = reported[name]
+                print(f"reported {name.upper()}: {r['mean']:.4f} +- {r['se']:.4f} (SE over evaluation seeds)")
+    if logdir is not None:
+        (logdir / f"eval_{args.split}.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -12,6 +12,8 @@ from bbvae.cli.common import (
     MIDI_STEP_SECONDS,
     SAMPLES_FILE,
     SPLITS,
+    UsageError,
+    add_model_source,
     load_trained,
     non_negative_int,
     positive_int,
@@ -37,7 +39,12 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         type=positive_int,
         help="particles filtering each prefix (default max(16, training --num-samples))",
     )
-    sm.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint (last)")
+    add_model_source(sm)
+    sm.add_argument(
+        "--out",
+        help="write the samples here instead of --logdir: a .mid file (piano rolls: every prefix and its "
+        "continuations one after another) or a .npz file (the arrays of samples.npz)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
     from bbvae.sequential.estimator import to_sequences
     from bbvae.training import set_seed
 
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.suffix not in (".mid", ".npz"):
+        raise UsageError(f"--out: expected a .mid or .npz file name, got {args.out!r}")
+    if out is not None and out.suffix == ".mid" and s_kind(args) != "pianoroll":
+        raise UsageError("--out FILE.mid needs a piano-roll model")
+    if out is None and args.logdir is None and args.pretrained is not None:
+        raise UsageError("--pretrained: give --out FILE.mid or FILE.npz (or --logdir DIR) for the samples")
     s, data, est, logdir = load_trained(args)
     n_prefixes = args.batch_size or s["batch_size"]
     set_seed(0 if args.seed is None else args.seed)
@@ -63,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         samples, latents = est.sample_continuations(cut, n, length, n_particles=args.num_particles)
         batch = collate_sequences(cut)
         prefixes, prefix_lengths = batch.x, batch.lengths
-    path = logdir / SAMPLES_FILE
     arrays = {
         "prefixes": prefixes.numpy(),
         "prefix_lengths": prefix_lengths.numpy().astype(np.int64),
@@ -73,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     vocabulary = getattr(data, "vocabulary", None)
     if vocabulary is not None:
         arrays["vocabulary"] = np.array(vocabulary.chars)
+    if out is not None:
+        return _write_out(out, arrays, prefixes, prefix_lengths, samples, len(seqs), n, length)
+    path = logdir / SAMPLES_FILE
     np.savez(path, **arrays)
     written = [str(path)]
     if vocabulary is not None:
@@ -120,3 +136,42 @@ def _write_midi(logdir: Path, prefixes, prefix_lengths, samples) -> Path | None:
             roll = torch.cat([prefix, samples[b, k]]).round().clamp(0, 1)
             pianoroll_to_midi(roll, folder / f"prefix{b}_sample{k}.mid", MIDI_STEP_SECONDS)
     return folder
+
+
+def s_kind(args: argparse.Namespace) -> str:
+    """The data kind of the model to sample (pretrained models are piano rolls)."""
+    if getattr(args, "pretrained", None):
+        return "pianoroll"
+    from bbvae.cli.common import read_config
+
+    return read_config(Path(args.logdir))["dataset_type"] if args.logdir else "pianoroll"
+
+
+def _write_out(
+    out: Path, arrays, prefixes, prefix_lengths, samples, n_prefixes: int, n: int, length: int
+) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npz":
+        np.savez(out, **arrays)
+    else:
+        _write_one_midi(out, prefixes, prefix_lengths, samples)
+    print(f"{n_prefixes} prefix group(s), {n} samples of {length} steps each: {out}")
+    return 0
+
+
+def _write_one_midi(out: Path, prefixes, prefix_lengths, samples, gap: int = 4) -> None:
+    """Every prefix followed by each of its continuations, ``gap`` silent steps apart, in one file."""
+    try:
+        import mido  # noqa: F401
+    except ImportError:
+        raise UsageError("--out FILE.mid needs mido: pip install 'bbvae[midi]'") from None
+    from bbvae.data import pianoroll_to_midi
+
+    silence = torch.zeros(gap, samples.shape[-1])
+    pieces = []
+    for b in range(samples.shape[0]):
+        prefix = prefixes[b, : int(prefix_lengths[b])]
+        for k in range(samples.shape[1]):
+            pieces += [prefix, samples[b, k], silence]
+    roll = torch.cat(pieces).round().clamp(0, 1)
+    pianoroll_to_midi(roll, out, MIDI_STEP_SECONDS)

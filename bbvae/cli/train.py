@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``bbvae train``; returns the exit status."""
     from bbvae.training import Callback
 
+    if args.logdir is None:
+        raise UsageError("the following arguments are required: --logdir")
     logdir = Path(args.logdir)
     check_logdir_creatable(logdir)
     has_run = (logdir / "last.pt").is_file()

@@ -243,6 +243,13 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.callbacks = callbacks
         self.random_state = random_state
 
+    @classmethod
+    def pretrained(cls, name: str, device: str | torch.device | None = None) -> SequenceModel:
+        """A fitted estimator with shipped weights, e.g. ``"jsb-vrnn-fivo"`` (see :mod:`bbvae.pretrained`)."""
+        from bbvae.pretrained import load
+
+        return load(name, device=device)
+
     # ------------------------------------------------------------------ fit
     def fit(self, X, y=None, X_valid=None, resume: bool | str = False) -> SequenceModel:
         """Build the model for ``X`` and train it.
