@@ -16,6 +16,7 @@ milliseconds rather than the seconds a fresh interpreter takes.
 
 from __future__ import annotations
 
+import functools
 import io
 import multiprocessing
 import os
@@ -27,9 +28,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from bbvae.checkpoint import load_checkpoint
 from bbvae.cli import main
+from bbvae.data import SequenceDataset
+from bbvae.data.batching import collate_sequences
 from bbvae.losses import FIVO
 from bbvae.sequential import VRNN
 from bbvae.training import Callback, Trainer
@@ -70,18 +74,31 @@ def trainer(logdir, max_steps: int, checkpoint_every: int = UNLIMITED, callbacks
     )
 
 
-def finish(logdir: Path, max_steps: int) -> Trainer:
+def loader(num_workers: int) -> DataLoader:
+    """TRAIN through a DataLoader (the trainer replays its batch order on resume)."""
+    data = SequenceDataset(TRAIN)
+    return DataLoader(data, batch_size=4, shuffle=True, num_workers=num_workers, collate_fn=collate_sequences)
+
+
+def finish(logdir: Path, max_steps: int, train=TRAIN) -> Trainer:
     """Resume ``logdir`` in this process up to ``max_steps``."""
-    return trainer(logdir, max_steps).fit(TRAIN, VALID, resume="auto")
+    return trainer(logdir, max_steps).fit(train, VALID, resume="auto")
 
 
-def assert_same_run(resumed: Trainer, max_steps: int) -> None:
-    full = trainer(None, max_steps).fit(TRAIN, VALID)
-    assert resumed.n_iter_ == full.n_iter_ == max_steps
-    for name, value in full.loss.state_dict().items():
+@functools.cache
+def uninterrupted(max_steps: int, through_loader: bool) -> tuple[dict, list, list]:
+    """The reference run (computed once per length: several tests share it)."""
+    full = trainer(None, max_steps).fit(loader(0) if through_loader else TRAIN, VALID)
+    return full.loss.state_dict(), full.loss_history_, full.valid_history_
+
+
+def assert_same_run(resumed: Trainer, max_steps: int, through_loader: bool = False) -> None:
+    state, losses, valid = uninterrupted(max_steps, through_loader)
+    assert resumed.n_iter_ == max_steps
+    for name, value in state.items():
         assert torch.equal(resumed.loss.state_dict()[name], value), name
-    assert resumed.loss_history_ == full.loss_history_
-    assert resumed.valid_history_ == full.valid_history_
+    assert resumed.loss_history_ == losses
+    assert resumed.valid_history_ == valid
 
 
 def temporaries(logdir: Path) -> list[str]:
@@ -89,10 +106,30 @@ def temporaries(logdir: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the child
-def child(conn, logdir, max_steps, checkpoint_every, pause_at=None, stall_at=None) -> None:
-    """Train in a forked process, reporting to ``conn``; optionally pause or stall a write."""
+def child(conn, logdir, max_steps, checkpoint_every, pause_at=None, stall_at=None, data=None) -> None:
+    """Train in a forked process, reporting to ``conn``; optionally pause or stall a write.
+
+    ``data="workers"``: the training data come through a DataLoader with a worker process, and
+    the process leads its own group (a terminal's Ctrl-C reaches the workers too);
+    ``data="failing"``: the data fail once the pause is over, as a DataLoader does whose workers
+    the same Ctrl-C stopped.
+    """
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    workers_dead = []
+    train = TRAIN
+    if data == "workers":
+        os.setpgrp()
+        train = loader(num_workers=1)
+    elif data == "failing":
+
+        class Failing(SequenceDataset):
+            def __getitem__(self, i):
+                if workers_dead:
+                    raise RuntimeError("DataLoader worker (pid 1234) exited unexpectedly")
+                return super().__getitem__(i)
+
+        train = Failing(TRAIN)
     if stall_at is not None:  # the checkpoint of step stall_at is written half, then hangs
         real_save = torch.save
 
@@ -115,10 +152,11 @@ def child(conn, logdir, max_steps, checkpoint_every, pause_at=None, stall_at=Non
             if step == pause_at:
                 conn.send(("paused", step))
                 conn.recv()  # the parent signals us, then says go
+                workers_dead.append(True)
 
     try:
         resume = "auto" if logdir is not None else False
-        done = trainer(logdir, max_steps, checkpoint_every, [Report()]).fit(TRAIN, VALID, resume=resume)
+        done = trainer(logdir, max_steps, checkpoint_every, [Report()]).fit(train, VALID, resume=resume)
     except TrainingInterrupted as exc:
         path = None if exc.checkpoint_path is None else str(exc.checkpoint_path)
         conn.send(("interrupted", exc.step, path, str(exc)))
@@ -218,6 +256,30 @@ def test_a_second_sigint_during_that_save_keeps_the_previous_checkpoint(tmp_path
     assert_same_run(finish(tmp_path, 12), 12)
 
 
+def test_ctrl_c_with_dataloader_workers_saves_the_step_reached(tmp_path):
+    # The signal goes to the whole process group, as a terminal's Ctrl-C does.
+    process, conn = start(tmp_path, 6, checkpoint_every=UNLIMITED, pause_at=4, data="workers")
+    expect(conn, "paused")
+    os.killpg(process.pid, signal.SIGINT)
+    conn.send("go")
+    _, step, path, _ = expect(conn, "interrupted")
+    assert wait(process) == 130
+    assert step == 4 and load_checkpoint(tmp_path / "last.pt")["step"] == 4
+    assert_same_run(finish(tmp_path, 6, loader(num_workers=0)), 6, through_loader=True)
+
+
+def test_data_that_fail_after_the_signal_still_get_the_step_saved(tmp_path):
+    # Workers started in another way die of the Ctrl-C, and the next batch fails for want of them.
+    process, conn = start(tmp_path, 12, checkpoint_every=UNLIMITED, pause_at=7, data="failing")
+    expect(conn, "paused")
+    os.kill(process.pid, signal.SIGINT)
+    conn.send("go")
+    _, step, path, message = expect(conn, "interrupted")
+    assert wait(process) == 130
+    assert step == 7 and path == str(tmp_path / "last.pt") and "SIGINT received at step 7" in message
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 7
+
+
 def test_a_run_without_logdir_stops_cleanly_and_says_nothing_was_written(tmp_path):
     process, conn = start(None, 12, checkpoint_every=UNLIMITED, pause_at=3)
     expect(conn, "paused")
@@ -254,6 +316,7 @@ def test_ctrl_c_on_the_command_line_saves_and_resume_continues_exactly(tmp_path,
     step = load_checkpoint(logdir / "last.pt")["step"]
     assert step >= 3
     assert err.read_text() == (
+        "\nbbvae: SIGINT received; finishing the step under way and saving it (again: stop at once)\n"
         f"bbvae: error: interrupted by SIGINT at step {step}; saved it in {logdir / 'last.pt'} "
         f"(continue with: bbvae train --logdir {logdir} --resume)\n"
     )

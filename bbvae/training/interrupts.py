@@ -20,7 +20,9 @@ which to stop.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -86,8 +88,14 @@ class SignalGuard:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is None:
             self.received = signum
+            notice = f"\nbbvae: {name} received; finishing the step under way and saving it "
+            notice += "(again: stop at once)\n"
+            try:  # os.write, not print: the signal may have come in the middle of a print to stderr
+                os.write(sys.stderr.fileno(), notice.encode())
+            except (OSError, ValueError, AttributeError):  # stderr without a file descriptor
+                pass
             return
-        name = signal.Signals(signum).name
         raise TrainingInterrupted(f"{name} received again: training stopped at once", signum)

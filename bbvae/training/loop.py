@@ -48,7 +48,7 @@ class TrainingLoop:
             self._stop_if_signalled()
             if batches is None:
                 batches = self._epoch_iterator(train)
-                batch = next(batches, None)
+                batch = self._next_batch(batches)
                 if batch is None:  # resumed right at the end of an epoch
                     if self._batch_in_epoch == 0:
                         raise ValueError("Trainer.fit: train_data yielded no batch in an epoch")
@@ -62,7 +62,7 @@ class TrainingLoop:
                 x, context = self._loss_args(batch, self._device, self._dtype)
                 self._after_step(model, x, context, eager_check, valid, valid_data)
             # Look one batch ahead, so that an epoch ends as soon as its last batch is used.
-            batch = next(batches, None)
+            batch = self._next_batch(batches)
             if batch is None:
                 batches = self._end_epoch(valid, valid_data)
         self.stop_reason_ = reason
@@ -84,6 +84,20 @@ class TrainingLoop:
             self._checkpoint()
         for cb in self.callbacks:
             cb.on_step_end(self, step)
+
+    def _next_batch(self, batches: Iterator):
+        """The next batch (None at the end of the epoch).
+
+        A terminal's Ctrl-C also reaches a DataLoader's worker processes, which then exit; the
+        batch that fails for want of them is the signal's doing: stop as for the signal.
+        """
+        try:
+            return next(batches, None)
+        except Exception:
+            if self._signals.received is None:
+                raise
+            self._stop_if_signalled()
+            raise
 
     def _stop_if_signalled(self) -> None:
         """After a first SIGINT/SIGTERM: write last.pt for the step reached and raise TrainingInterrupted."""
