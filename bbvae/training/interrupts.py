@@ -1,10 +1,12 @@
 """Ctrl-C (SIGINT) and SIGTERM during :meth:`Trainer.fit`: finish the step, save it, then stop.
 
 While :meth:`~bbvae.training.Trainer.fit` trains, a first SIGINT or SIGTERM does not stop the
-process in the middle of a step. :class:`SignalGuard` notes it; the training loop sees it before
-its next step, writes ``last.pt`` for the step reached (atomically, as every checkpoint) and raises
-:class:`TrainingInterrupted`, whose message says where the checkpoint is, so that
-``fit(..., resume=True)`` (``bbvae train --resume``) continues it exactly.
+process in the middle of a step. :class:`SignalGuard` notes it (and says so in one line on
+stderr); the training loop sees it before its next step, writes ``last.pt`` for the step reached
+(atomically, as every checkpoint) and raises :class:`TrainingInterrupted`, whose message says
+where the checkpoint is, so that ``fit(..., resume=True)`` (``bbvae train --resume``) continues
+it exactly. A DataLoader's worker processes stopped by the same Ctrl-C make the next batch fail;
+that failure is taken as the signal's and handled the same way.
 
 A second signal stops at once, by raising :class:`TrainingInterrupted` wherever the program is;
 if that is inside the checkpoint write, :func:`bbvae.checkpoint.save_checkpoint` removes its

@@ -124,7 +124,7 @@ class TrainingLoop:
             kept = "no checkpoint was written"
         signum = signal.Signals[exc.signal_name]
         return TrainingInterrupted(
-            f"Trainer.fit: {exc.signal_name} received twice; stopped at once during step {self.n_iter_ + 1}; "
+            f"Trainer.fit: {exc.signal_name} received twice; stopped at once after step {self.n_iter_}; "
             + kept,
             signum,
             None,
