@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-particles", type=int, default=4, help="K in training and in the K-particle scores")
     p.add_argument("--max-length", type=int, default=None, help="cut training sequences to N steps")
+    p.add_argument(
+        "--length-bucketing", type=int, default=None, help="batch similar lengths (pools of N batches)"
+    )
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--patience", type=int, default=20, help="validations without gain before stopping")
     p.add_argument("--max-steps", type=int, default=1_000_000)
@@ -118,6 +121,7 @@ def estimator(args, logdir: Path | None, callbacks=None, max_length=None):
         ema_decay=args.ema_decay,
         dropout=args.dropout,
         max_length=max_length,
+        length_bucketing=args.length_bucketing,
         eval_bound=args.bound,
         eval_every=args.eval_every,
         patience=args.patience,
