@@ -209,3 +209,36 @@ def test_restore_best_returns_the_best_validation_steps_parameters(tmp_path):
     for name, value in states[4].items():  # (the averaged weights, as validated)
         assert torch.equal(loss.state_dict()[name], value), name
     assert math.isfinite(trainer.best_valid_)
+
+
+def test_checkpoints_name_the_loss_class_and_older_names_still_resume(tmp_path):
+    import os
+    import stat
+
+    from bbvae.checkpoint import load_checkpoint, save_checkpoint
+
+    x = _data(16)
+    Trainer(_iwae(), batch_size=8, max_steps=2, logdir=tmp_path, seed=0, **QUIET).fit(x)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["loss_class"] == "bbvae.losses.iwae.IWAE"
+    mode = stat.S_IMODE(os.stat(tmp_path / "last.pt").st_mode)
+    assert mode & 0o044 == 0o044 & ~_umask()  # group/other read as the umask allows, not 0600
+    # a checkpoint from before the name was fixed (and before schedules existed)
+    state["loss_class"] = "bbvae.losses.iwae.type"
+    for key in ("lr_schedule_kwargs", "warmup_steps", "warmup_start_factor"):
+        state["config"].pop(key)
+    save_checkpoint(state, tmp_path / "last.pt")
+    trainer = Trainer(_iwae(), batch_size=8, max_steps=4, logdir=tmp_path, seed=0, **QUIET)
+    assert trainer.fit(x, resume=True).n_iter_ == 4
+    state["loss_class"] = "bbvae.losses.elbo.ELBO"
+    save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(Exception, match="loss bbvae.losses.elbo.ELBO there, bbvae.losses.iwae.IWAE here"):
+        Trainer(_iwae(), batch_size=8, max_steps=6, logdir=tmp_path, seed=0, **QUIET).fit(x, resume=True)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

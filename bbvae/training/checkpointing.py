@@ -186,13 +186,19 @@ class TrainerCheckpointing:
         problems = []
         keys = ("optimizer", "optimizer_kwargs", "batch_size", "use_inputs", "ema_decay")
         keys += ("lr_schedule", "lr_schedule_kwargs", "warmup_steps", "warmup_start_factor")
+        # what a checkpoint written before a setting existed means by its absence
+        absent = {"lr_schedule_kwargs": {}, "warmup_steps": 0, "warmup_start_factor": 0.01}
         for key in keys:
-            if _normalise(saved.get(key)) != _normalise(current[key]):
-                problems.append(f"{key}={saved.get(key)!r} there, {current[key]!r} here")
+            value = saved.get(key, absent.get(key))
+            obj = getattr(self, key, None)
+            if callable(obj) and not isinstance(obj, str) and same_name(value, obj):
+                continue  # a callable optimizer or schedule, stored by name
+            if _normalise(value) != _normalise(current[key]):
+                problems.append(f"{key}={value!r} there, {current[key]!r} here")
         if self.seed is not None and saved.get("seed") != self.seed:
             problems.append(f"seed={saved.get('seed')!r} there, {self.seed!r} here")
         loss_class = qualname(type(self.loss))
-        if state.get("loss_class") != loss_class:
+        if not same_name(state.get("loss_class"), type(self.loss)):
             problems.append(f"loss {state.get('loss_class')} there, {loss_class} here")
         shapes = {k: list(v.shape) for k, v in self.loss.state_dict().items()}
         saved_shapes = state.get("param_shapes", {})
@@ -272,7 +278,18 @@ def _clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '_qualname__', type(obj).__name__)}"
+    """``module.QualifiedName`` of a class or function (stored in checkpoints to compare runs)."""
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _legacy_qualname(obj: Any) -> str:
+    # Checkpoints before 2026-12 stored ``module.type`` (a misspelt attribute): still accepted.
+    return f"{getattr(obj, '__module__', '?')}.{type(obj).__name__}"
+
+
+def same_name(saved: Any, obj: Any) -> bool:
+    """Whether a name stored in a checkpoint denotes ``obj`` (its qualname, or the legacy form)."""
+    return saved in (qualname(obj), _legacy_qualname(obj))
 
 
 def _normalise(value: Any) -> Any:
