@@ -47,6 +47,21 @@ def effective_sample_size(log_w: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.where(dead, 0.0, torch.exp(-torch.logsumexp(2.0 * log_norm, dim=dim)))
 
 
+def log_normalized_and_ess(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log softmax(log_w), ESS)`` along dim 1, sharing one log-softmax (the particle filter's step).
+
+    Args:
+        log_w: ``[batch, K]`` unnormalised log-weights.
+
+    Returns:
+        ``[batch, K]`` normalised log-weights (a row of only ``-inf`` gets ``-log K``, not NaN) and
+        ``[batch]`` the ESS, exactly :func:`effective_sample_size` of ``log_w``.
+    """
+    dead = torch.isneginf(log_w).all(dim=1)
+    log_norm = torch.log_softmax(torch.where(dead.unsqueeze(1), 0.0, log_w), dim=1)
+    return log_norm, torch.where(dead, 0.0, torch.exp(-torch.logsumexp(2.0 * log_norm, dim=1)))
+
+
 def zero_weight_points(log_w: torch.Tensor) -> torch.Tensor:
     """Indices ``[n]`` of the rows of ``log_w`` ``[batch, K]`` whose every entry is ``-inf``."""
     return torch.isneginf(log_w).all(dim=1).nonzero().flatten()

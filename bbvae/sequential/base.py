@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int, check_tensor, is_validation_enabled, shape_str
+from bbvae.sequential.compiled import CompiledStep, model_step
 from bbvae.sequential.pytree import State, gather_particles, tree_map, tree_where
 
 if TYPE_CHECKING:
@@ -173,6 +174,19 @@ class SequentialModel(nn.Module):
             self, x, n_particles, lengths=lengths, inputs=inputs, z=z, reparametrize=reparametrize
         )
 
+    # ------------------------------------------------------------------------- compiling
+    def compile_step(self, enabled: bool = True, **options) -> SequentialModel:
+        """Opt in (``enabled=False``: out) to a ``torch.compile``-d :meth:`step`; returns ``self``.
+
+        Every driver, hence every loss, then calls the compiled step; ``options`` go to
+        ``torch.compile``. Details and caveats: :mod:`bbvae.sequential.compiled`.
+        """
+        if not enabled:
+            self.__dict__.pop("_compiled_step", None)
+            return self
+        self.__dict__["_compiled_step"] = CompiledStep(self, options)
+        return self
+
     # ----------------------------------------------------------------------------- views
     @property
     def inf_net(self) -> SequentialInfNet:
@@ -200,6 +214,7 @@ class SequentialModel(nn.Module):
         state.pop("_seq_views", None)
         state.pop("_seq_context", None)
         state.pop("_seq_cache", None)
+        state.pop("_compiled_step", None)
         return state
 
 
@@ -345,17 +360,19 @@ def run_particles_unchecked(
         z_steps = z.unbind(2)
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, n_particles)
-    log_p = log_q = None
+    step_fn = model_step(model)
+    valid_k = None if masks is None else torch.stack(masks, dim=1).unsqueeze(2).unbind(1)  # [batch, 1]s
+    log_p = log_q = zero = None
     zs = []
     for t, (encoded_t, z_t) in enumerate(zip(encoded, z_steps)):
-        out = model.step(state, encoded_t, z=z_t, reparametrize=reparametrize)
+        out = step_fn(state, encoded_t, z=z_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, n_particles, where)
+            zero = out.log_p.new_zeros(())
         lp, lq = out.log_p, out.log_q
-        if masks is not None:
-            valid = masks[t].unsqueeze(1)  # [batch, 1]
-            lp = torch.where(valid, lp, 0.0)
-            lq = torch.where(valid, lq, 0.0)
+        if valid_k is not None:
+            lp = torch.where(valid_k[t], lp, zero)
+            lq = torch.where(valid_k[t], lq, zero)
         log_p = lp if log_p is None else log_p + lp
         log_q = lq if log_q is None else log_q + lq
         zs.append(out.z)

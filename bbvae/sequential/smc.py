@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from bbvae._math import effective_sample_size, log_mean_exp
+from bbvae._math import log_mean_exp, log_normalized_and_ess
 from bbvae._validation import check_positive_int, is_validation_enabled
 from bbvae.sequential.base import (
     _check_model,
@@ -31,6 +31,7 @@ from bbvae.sequential.base import (
     gather_particles,
     tree_where,
 )
+from bbvae.sequential.compiled import model_step
 
 Resampler = Callable[..., torch.Tensor]
 GRADIENTS = ("none", "score", "stop_gradient")
@@ -140,18 +141,17 @@ def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     return log_mean_exp(log_w, dim=1)  # a row of only -inf gives -inf with a zero gradient
 
 
-def _first_dead_step(
-    first_dead: torch.Tensor, log_w: torch.Tensor, valid: torch.Tensor | None, t: int
-) -> torch.Tensor:
-    """Record, per sequence, the first step at which every particle has log-weight ``-inf``.
+def _first_dead_step(ess: torch.Tensor, masks: list[torch.Tensor] | None) -> torch.Tensor:
+    """Per sequence, the first valid step at which every particle has log-weight ``-inf``: ``[batch]``.
 
-    ``first_dead`` is ``[batch]`` long, ``-1`` while a sequence is alive. Kept as a tensor so the
-    time loop never synchronises with the device; :func:`_check_no_dead_sequence` reads it once.
+    ``ess`` is ``[batch, T]``; it is 0 exactly where all weights are 0 (a dead sequence stays dead:
+    it is never resampled). ``-1`` for sequences that stay alive. No host synchronisation.
     """
-    dead = torch.isneginf(log_w).all(dim=1)
-    if valid is not None:
-        dead = dead & valid
-    return torch.where(dead & (first_dead < 0), t, first_dead)
+    dead = ess == 0
+    if masks is not None:
+        dead = dead & torch.stack(masks, dim=1)
+    first = torch.argmax(dead.to(torch.uint8), dim=1)
+    return torch.where(dead.any(dim=1), first, -1)
 
 
 def _warn_dead_sequences(first_dead: torch.Tensor, where: str) -> None:
@@ -234,49 +234,44 @@ def smc(
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, k)
     may_resample = ess_threshold > 0.0 and k > 1
-    validate = is_validation_enabled()
-
+    step_fn = model_step(model)
+    # Per step only what the next step needs runs in the loop; what is only reported (the log-Z
+    # increments, the ancestors' log-probabilities, dead sequences) is computed once afterwards
+    # from the stacked per-step values, with the same arithmetic row by row.
+    valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
     log_w = log_p = log_q = None
-    ess, resampled, ancestors, increments, ancestor_lp, zs = [], [], [], [], [], []
+    ess, resampled, ancestors, pre_resampling_w, lsm, zs = [], [], [], [], [], []
     identity = None
     for t, encoded_t in enumerate(encoded):
-        out = model.step(state, encoded_t, reparametrize=reparametrize)
+        out = step_fn(state, encoded_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, k, where)
             identity = torch.arange(k, device=out.log_p.device).expand(batch, k)
-            zero = out.log_p.new_zeros(batch)
-            first_dead = torch.full((batch,), -1, dtype=torch.long, device=out.log_p.device)
+            zero = out.log_p.new_zeros(())
+            never = torch.zeros(batch, dtype=torch.bool, device=out.log_p.device)
         valid = masks[t] if masks is not None else None
         # The state past a sequence's end is never scored; it is kept only when asked for.
         state = out.state if not (return_state and valid is not None) else tree_where(valid, out.state, state)
         lp, lq = out.log_p, out.log_q
         if valid is not None:
-            lp = torch.where(valid.unsqueeze(1), lp, 0.0)
-            lq = torch.where(valid.unsqueeze(1), lq, 0.0)
+            lp = torch.where(valid_k[t], lp, zero)
+            lq = torch.where(valid_k[t], lq, zero)
         step_w = lp - lq
         log_w = step_w if log_w is None else log_w + step_w
         log_p = lp if log_p is None else log_p + lp
         log_q = lq if log_q is None else log_q + lq
         if return_latents:
             zs.append(out.z)
-        if validate:
-            first_dead = _first_dead_step(first_dead, log_w.detach(), valid, t)
-        step_ess = effective_sample_size(log_w.detach())  # [batch]
+        log_norm, step_ess = log_normalized_and_ess(log_w.detach())  # [batch, K], [batch]
         ess.append(step_ess)
         # Resample where the ESS is low, but never past a sequence's end or at its last step.
         last = t == n_steps - 1
         if not may_resample or last:
-            resampled.append(torch.zeros(batch, dtype=torch.bool, device=step_ess.device))
+            resampled.append(never)
             ancestors.append(identity)
-            increments.append(zero)
-            ancestor_lp.append(zero)
             continue
         # (threshold 1 resamples even equal weights, whose ESS is exactly K)
-        do = (
-            step_ess < ess_threshold * k
-            if ess_threshold < 1.0
-            else torch.ones_like(step_ess, dtype=torch.bool)
-        )
+        do = step_ess < ess_threshold * k if ess_threshold < 1.0 else step_ess >= 0.0
         if masks is not None:
             do = do & masks[t + 1]
         # A sequence whose particles all have zero weight cannot be resampled: its log Z is -inf
@@ -286,38 +281,44 @@ def smc(
         anc = torch.where(do.unsqueeze(1), drawn, identity)  # [batch, K]
         resampled.append(do)
         ancestors.append(anc)
-        increment = _log_mean_exp(log_w)
+        pre_resampling_w.append(log_w)
+        lsm.append(torch.log_softmax(log_w, dim=1) if gradient == "score" else log_norm)
         if gradient == "stop_gradient":
-            increment = increment.detach()
             gathered = torch.gather(log_w, 1, anc)
-            new_w = gathered - gathered.detach()
+            log_w = torch.where(do.unsqueeze(1), gathered - gathered.detach(), log_w)
         else:
-            new_w = torch.zeros_like(log_w)
-        increments.append(torch.where(do, increment, 0.0))
-        if gradient == "score":
-            lp_anc = torch.gather(torch.log_softmax(log_w, dim=1), 1, anc).sum(dim=1)
-        else:
-            lp_anc = torch.gather(torch.log_softmax(log_w.detach(), dim=1), 1, anc).sum(dim=1)
-        ancestor_lp.append(torch.where(do, lp_anc, 0.0))
-        log_w = torch.where(do.unsqueeze(1), new_w, log_w)
-        log_p = torch.where(do.unsqueeze(1), gather_particles(log_p, anc), log_p)
-        log_q = torch.where(do.unsqueeze(1), gather_particles(log_q, anc), log_q)
+            log_w = torch.where(do.unsqueeze(1), zero, log_w)
+        # (where not resampled the ancestors are the identity, and the gather changes nothing)
+        log_p = gather_particles(log_p, anc)
+        log_q = gather_particles(log_q, anc)
         state = model.reorder(state, anc)
 
-    if validate:
-        _warn_dead_sequences(first_dead, where)
-    increments_t = torch.stack(increments, dim=1)  # [batch, T]
-    log_z = increments_t.sum(dim=1) + _log_mean_exp(log_w)
+    resampled_t = torch.stack(resampled, dim=1)  # [batch, T]
     ancestors_t = torch.stack(ancestors, dim=1)  # [batch, T, K]
+    ess_t = torch.stack(ess, dim=1)
+    if is_validation_enabled():
+        _warn_dead_sequences(_first_dead_step(ess_t, masks), where)
+    increments_t = torch.zeros_like(ess_t, dtype=log_w.dtype)  # [batch, T]
+    ancestor_lp_t = torch.zeros_like(increments_t)
+    if pre_resampling_w:
+        span = len(pre_resampling_w)  # the steps 0 .. T-2 that could resample
+        done = resampled_t[:, :span]
+        increment = log_mean_exp(torch.stack(pre_resampling_w, dim=1), dim=2)  # [batch, span]
+        if gradient == "stop_gradient":
+            increment = increment.detach()
+        chosen = torch.gather(torch.stack(lsm, dim=1), 2, ancestors_t[:, :span]).sum(dim=2)
+        increments_t = torch.cat([torch.where(done, increment, zero), increments_t[:, span:]], dim=1)
+        ancestor_lp_t = torch.cat([torch.where(done, chosen, zero), ancestor_lp_t[:, span:]], dim=1)
+    log_z = increments_t.sum(dim=1) + _log_mean_exp(log_w)
     z = _trace_lines(zs, ancestors_t) if return_latents else None
     return SMCResult(
         log_z=log_z,
         log_weights=log_w,
-        ess=torch.stack(ess, dim=1),
-        resampled=torch.stack(resampled, dim=1),
+        ess=ess_t,
+        resampled=resampled_t,
         ancestors=ancestors_t,
         log_z_increments=increments_t,
-        ancestor_log_prob=torch.stack(ancestor_lp, dim=1),
+        ancestor_log_prob=ancestor_lp_t,
         log_p=log_p,
         log_q=log_q,
         z=z,
