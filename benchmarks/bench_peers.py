@@ -18,8 +18,8 @@ processes hits all of them alike; the table gives the median ms per step and the
 bbvae / hand and pyro / bbvae. The table reports the process's CPU time per step by default
 (``--clock wall`` for wall-clock time; both are recorded): on a shared CPU, time spent waiting for
 a core counts in wall-clock time only. Even so, on a shared machine only the ratios mean
-something. Each config also records the loss of bbvae and of the hand-written loop at the shared initial weights and
-seed (they compute the same bound, so these agree up to float32 rounding).
+something. Each config also records the loss of bbvae and of the hand-written loop at the shared
+initial weights and seed (they compute the same bound, so these agree up to float32 rounding).
 
     python benchmarks/bench_peers.py --threads 1                    # the full grid
     python benchmarks/bench_peers.py --sizes 4x4,16x16 --lengths 64  # a part of it
