@@ -103,3 +103,12 @@ def test_quick_mode_writes_a_row_per_config(bench, tmp_path):
         assert row["skipped"]["pyro"]
         # float32, the same weights and seed: equal up to rounding
         assert row["loss_bbvae"] == pytest.approx(row["loss_hand"], rel=1e-5)
+
+
+def test_compiled_rows_are_printed_under_the_eager_ones(bench):
+    ms = {"bbvae": 100.0, "hand": 80.0, "pyro": 250.0, "bbvae-compiled": 60.0, "hand-compiled": 50.0}
+    row = {"loss": "iwae", "batch": 4, "k": 4, "length": 64, "ms": ms, "bbvae_over_hand": 1.25}
+    row.update(pyro_over_bbvae=2.5, compiled_bbvae_over_hand=1.2, pyro_over_compiled_bbvae=250 / 60)
+    eager, compiled = bench.format_row(row).splitlines()
+    assert eager == "| IWAE | 4 | 4 | 64 | 100.0 | 80.0 | 250.0 | 1.25 | 2.50 |"
+    assert compiled == "| IWAE compiled | 4 | 4 | 64 | 60.0 | 50.0 | 250.0 | 1.20 | 4.17 |"
