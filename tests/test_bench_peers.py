@@ -112,3 +112,11 @@ def test_compiled_rows_are_printed_under_the_eager_ones(bench):
     eager, compiled = bench.format_row(row).splitlines()
     assert eager == "| IWAE | 4 | 4 | 64 | 100.0 | 80.0 | 250.0 | 1.25 | 2.50 |"
     assert compiled == "| IWAE compiled | 4 | 4 | 64 | 60.0 | 50.0 | 250.0 | 1.20 | 4.17 |"
+
+
+def test_missing_pyro_is_skipped_with_the_extra_named(bench, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyro", None)  # import pyro now raises ImportError
+    cfg = {"loss": "iwae", "batch": 2, "k": 2, "length": 3, "device": "cpu"}
+    steps, info = bench.build_steps(cfg)
+    assert set(steps) == {"bbvae", "hand"}
+    assert "pip install bbvae[bench]" in info["skipped"]["pyro"]
