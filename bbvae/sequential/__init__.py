@@ -16,6 +16,7 @@ from bbvae.sequential.discrete_hmm import DiscreteHMM
 from bbvae.sequential.evaluate import evaluate
 from bbvae.sequential.ghmm import GaussianHMM
 from bbvae.sequential.independent import IndependentVAE
+from bbvae.sequential.mixture import GaussianMixtureObservation
 from bbvae.sequential.observations import (
     BernoulliObservation,
     CategoricalObservation,
@@ -55,6 +56,7 @@ __all__ = [
     "CategoricalObservation",
     "DiscreteHMM",
     "GaussianHMM",
+    "GaussianMixtureObservation",
     "IndependentVAE",
     "NormalObservation",
     "Observation",

@@ -8,7 +8,8 @@ sequences and ``sample_continuations(prefixes, ...)`` continues given beginnings
 
 Data ``X`` may be
 
-* a :class:`~bbvae.data.PianoRollData`, :class:`~bbvae.data.TextData` or
+* a :class:`~bbvae.data.PianoRollData`, :class:`~bbvae.data.TextData`,
+  :class:`~bbvae.data.AudioData` (raw audio frames; its training chunks) or
   :class:`~bbvae.data.SyntheticData` (``fit`` uses the ``"train"`` split, and ``"valid"`` for
   validation when ``eval_every`` or ``patience`` is set; ``score`` takes a ``split``, by default
   ``"test"``); text is cut into pieces of ``max_length`` characters (100 by default);
@@ -97,7 +98,10 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         n_samples: samples / particles per sequence in the training bound (K).
         cell: ``"lstm"`` or ``"gru"``.
         observation: ``"auto"`` (integer symbols: ``"categorical"``; 0/1 floats:
-            ``"bernoulli"``; other floats: ``"normal"``), or one of those names.
+            ``"bernoulli"``; other floats: ``"normal"``), or one of those names, or ``"gmm"``
+            (real frames: a mixture of ``n_components`` diagonal Gaussians, see
+            :class:`~bbvae.sequential.GaussianMixtureObservation`).
+        n_components: mixture components of ``observation="gmm"`` (the VRNN paper's 20).
         proposal: the GaussianHMM's proposal (``"network"``, ``"prior"``, ``"optimal"``).
         resampling: ``"multinomial"``, ``"systematic"`` or ``"stratified"`` (FIVO and its score).
         ess_threshold: FIVO resamples where ESS < ``ess_threshold * K``.
@@ -174,6 +178,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         n_samples: int = 4,
         cell: str = "lstm",
         observation: str = "auto",
+        n_components: int = 20,
         proposal: str = "network",
         resampling: str = "multinomial",
         ess_threshold: float = 0.5,
@@ -212,6 +217,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.n_samples = n_samples
         self.cell = cell
         self.observation = observation
+        self.n_components = n_components
         self.proposal = proposal
         self.resampling = resampling
         self.ess_threshold = ess_threshold

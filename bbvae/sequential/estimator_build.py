@@ -27,7 +27,7 @@ __all__ = ["BOUNDS", "MODELS", "OBSERVATIONS", "SequenceModelBuilder"]
 MODELS = ("vrnn", "srnn", "rnn", "independent", "ghmm")
 #: Training objectives of :class:`~bbvae.sequential.SequenceModel`.
 BOUNDS = ("elbo", "iwae", "fivo", "vimco", "nvil", "rws")
-OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical")
+OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical", "gmm")
 _NORMALIZE = ("length", "sequence")
 _RESAMPLING = ("multinomial", "systematic", "stratified")
 _DEFAULT_LATENT = 64
@@ -53,6 +53,7 @@ class SequenceModelBuilder:
             raise ValueError(f"{where}: bound={self.bound!r} needs n_samples >= 2, got {self.n_samples}")
         check_choice("cell", self.cell, ("lstm", "gru"), where)
         check_choice("observation", self.observation, OBSERVATIONS, where)
+        check_int("n_components", self.n_components, where)
         check_choice("proposal", self.proposal, ("network", "prior", "optimal"), where)
         check_choice("resampling", self.resampling, _RESAMPLING, where)
         check_float("ess_threshold", self.ess_threshold, where, strict=False)
@@ -133,7 +134,12 @@ class SequenceModelBuilder:
         latent = self.latent_size or _DEFAULT_LATENT
         dtype = torch.get_default_dtype()
         x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean, dropout=self.dropout)
+        family = observation
+        if observation == "gmm":
+            from bbvae.sequential.mixture import GaussianMixtureObservation
+
+            family = GaussianMixtureObservation(dim, self.n_components)
+        common = dict(cell=self.cell, observation=family, x_mean=x_mean, dropout=self.dropout)
         if self.model == "rnn":
             model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
         else:
