@@ -34,14 +34,15 @@ dropout_float = number_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)
 # Settings that fix the model, the data order or the optimizer: a resumed run must keep them.
 FIXED_ON_RESUME = (
     "dataset_type", "dataset_path", "max_length", "model", "bound", "latent_size", "hidden_size", "cell",
-    "proposal", "batch_size", "optimizer", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
+    "observation", "n_components", "frame_size", "chunk_length", "proposal", "batch_size", "optimizer",
+    "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
     "warmup_steps", "ema_decay", "seed",
 )  # fmt: skip
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add the ``train`` command (its options default to None: unset ones come from the config)."""
-    from bbvae.sequential.estimator_build import BOUNDS, MODELS
+    from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS
 
     train = commands.add_parser(
         "train",
@@ -57,6 +58,22 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--hidden-size", type=positive_int, help="recurrent state size (default latent size)")
     train.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (default lstm)")
+    train.add_argument(
+        "--observation",
+        choices=OBSERVATIONS,
+        help="emission family (default auto: categorical for text, bernoulli for 0/1 data, else normal; "
+        "gmm: a mixture of --n-components diagonal Gaussians)",
+    )
+    train.add_argument("--n-components", type=positive_int, help="--observation gmm: components (20)")
+    train.add_argument(
+        "--frame-size", type=positive_int, help="speech: samples per frame, the size of x_t (default 200)"
+    )
+    train.add_argument(
+        "--chunk-length",
+        type=positive_int,
+        help="speech: train on chunks of N frames cut from the training utterances (default: whole "
+        "utterances); valid/test are scored whole",
+    )
     train.add_argument(
         "--proposal", choices=("network", "prior", "optimal"), help="ghmm proposal (default network)"
     )

@@ -167,3 +167,20 @@ def test_shared_speech_corpus(speech):
     assert all(c.shape == (40, 200) for c in chunks)
     # 0.9 to 4.5 s utterances: 2.5 s on average, 200 frames of 12.5 ms.
     assert 1000 < len(chunks) < 352 * 8
+
+
+def test_sequence_model_fits_audio_data(tmp_path):
+    from bbvae.sequential import SequenceModel
+
+    _folder(tmp_path, {"train": [2000, 1500], "valid": [1000], "test": [900]})
+    data = load_audio(tmp_path, frame_size=50, chunk_length=8)
+    est = SequenceModel(
+        model="vrnn", bound="fivo", observation="gmm", n_components=2, latent_size=4, max_steps=3,
+        batch_size=2, random_state=0,
+    )  # fmt: skip
+    est.fit(data)
+    assert est.obs_shape_ == (50,) and est.mean_length_ == 8  # trained on chunks of 8 frames
+    per_sequence = est.score_samples(data, split="test", random_state=0)
+    assert per_sequence.shape == (1,) and bool(torch.isfinite(per_sequence).all())
+    per_step = est.score(data, split="test", random_state=0)
+    assert per_step == pytest.approx(float(per_sequence[0]) / 18)  # 900 samples = 18 frames
