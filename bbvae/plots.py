@@ -221,6 +221,7 @@ def plot_audio(
         raise ValueError("plot_audio: expected at least one panel, got none")
     figure = _figure("audio")
     axes = figure.subplots(2, len(panels), squeeze=False)
+    images, peak = [], -np.inf
     for col, (label, wave) in enumerate(panels):
         wave = np.asarray(wave, dtype=np.float64).reshape(-1)
         top, bottom = axes[0, col], axes[1, col]
@@ -229,7 +230,11 @@ def plot_audio(
         top.set_ylim(-1.0, 1.0)
         top.set_title(label, fontsize=9)
         nfft = int(min(512, max(16, 2 ** int(np.log2(max(wave.shape[0] // 4, 16))))))
-        bottom.specgram(wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft * 3 // 4, cmap="magma")
+        power, _, _, image = bottom.specgram(
+            wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft * 3 // 4, cmap="magma"
+        )
+        images.append(image)
+        peak = max(peak, 10 * np.log10(max(float(power.max()), 1e-20)))
         bottom.set_xlabel("time (s)")
         for ax in (top, bottom):
             if prefix_seconds > 0 and col == 0:
@@ -238,6 +243,8 @@ def plot_audio(
         if col == 0:
             top.set_ylabel("amplitude")
             bottom.set_ylabel("frequency (Hz)")
+    for image in images:  # one colour scale (the loudest 80 dB) for every spectrogram
+        image.set_clim(peak - 80.0, peak)
     figure.suptitle(title or "audio")
     figure.tight_layout()
     return _save(figure, path)
