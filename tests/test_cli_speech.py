@@ -77,6 +77,9 @@ def test_speech_train_eval_sample(tmp_path, capsys, model, observation):
         "--num-samples", "2", "--batch-size", "1", "--out", str(out_wav))  # fmt: skip
     with wave.open(str(out_wav), "rb") as f:
         assert f.getnframes() == 2 * ((2 + 3) * FRAME + 2000)  # 0.25 s of silence after each piece
+    # bbvae plot: bounds, ESS and the audio picture of a continuation next to the truth.
+    out = run(capsys, "plot", str(logdir), "--prefix-length", "4", "--sample-length", "6")
+    assert (logdir / "plots" / "samples.png").is_file() and "samples.png" in out
 
 
 @pytest.mark.parametrize(
