@@ -29,7 +29,15 @@ from bbvae._validation import check_positive_int
 from bbvae.base import GenModel, InfNet
 from bbvae.models import mlp
 
-__all__ = ["FLOWS", "FlowInfNet", "FlowPriorGenModel", "RealNVPDensity", "identity_init", "import_zuko"]
+__all__ = [
+    "FLOWS",
+    "FlowInfNet",
+    "FlowPriorGenModel",
+    "RealNVPDensity",
+    "identity_init",
+    "import_zuko",
+    "make_flow",
+]
 
 #: Conditional flows of :class:`FlowInfNet` (zuko classes): Real NVP coupling, masked
 #: autoregressive (affine), neural spline.
@@ -47,7 +55,8 @@ def import_zuko():
     return zuko
 
 
-def _make_flow(kind: str, features: int, context: int, transforms: int, hidden: Sequence[int], where: str):
+def make_flow(kind: str, features: int, context: int, transforms: int, hidden: Sequence[int], where: str):
+    """A zuko flow (``kind`` in :data:`FLOWS`) on ``features`` conditioned on ``context`` features."""
     if kind not in FLOWS:
         raise ValueError(f"{where}: expected flow in {FLOWS}, got {kind!r}")
     check_positive_int("transforms", transforms, where)
@@ -116,7 +125,7 @@ class FlowInfNet(InfNet):
         check_positive_int("context_size", context_size, where)
         self.x_dim, self.latent_size, self.context_size = x_dim, latent_size, context_size
         self.net = mlp([x_dim, *hidden, 2 * latent_size + context_size], nn.ReLU)
-        self.flow = _make_flow(flow, latent_size, context_size, transforms, flow_hidden, where)
+        self.flow = make_flow(flow, latent_size, context_size, transforms, flow_hidden, where)
         if identity:
             identity_init(self.flow)
 
@@ -153,7 +162,7 @@ class RealNVPDensity(nn.Module):
         super().__init__()
         check_positive_int("features", features, "RealNVPDensity")
         self.features = features
-        self.flow = _make_flow("realnvp", features, 0, transforms, hidden, "RealNVPDensity")
+        self.flow = make_flow("realnvp", features, 0, transforms, hidden, "RealNVPDensity")
 
     def distribution(self) -> Distribution:
         """The density as a torch Distribution (batch shape ``[]``, event shape ``[features]``)."""
