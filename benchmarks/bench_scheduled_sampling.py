@@ -28,7 +28,6 @@ import json
 import math
 import re
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
