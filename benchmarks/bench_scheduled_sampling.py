@@ -3,9 +3,9 @@
 For each data set, the same small autoregressive RNN (``SequenceModel(model="rnn")``, exact
 likelihood, so the training signal differs only by what is fed back) is trained for the same number
 of Adam steps, from the same initialisation and batch order, with teacher forcing and with each
-schedule of :mod:`bbvae.sequential.scheduled`. Every schedule is scaled to end at ``eps = 0.25``
-after the run's steps (linear: ``1 - 0.75 i / N``; exponential: ``0.25 ** (i / N)``; inverse
-sigmoid: ``k`` solving ``k / (k + exp(N / k)) = 0.25``).
+schedule of :mod:`bbvae.sequential.scheduled`. Every schedule is scaled to end at ``eps = e``
+(``--eps-end``, default 0.25) after the run's ``N`` steps (linear: ``1 - (1 - e) i / N``;
+exponential: ``e ** (i / N)``; inverse sigmoid: ``k`` solving ``k / (k + exp(N / k)) = e``).
 
 Reported per run:
 
@@ -17,8 +17,9 @@ Reported per run:
   smoothing over all V^2 bigrams, nats) and the word validity rate (share of generated words, runs
   of letters and apostrophes, lower-cased, that occur in the training split).
 
-Usage: ``python -m benchmarks.bench_scheduled_sampling [--steps 300] [--seeds 1] [--threads 1]``.
-Results: ``benchmarks/results/scheduled_sampling/results.json`` (and a markdown table printed).
+Usage: ``python -m benchmarks.bench_scheduled_sampling [--steps 600] [--seeds 2] [--eps-end 0.25]``.
+Results: ``benchmarks/results/scheduled_sampling/results_{data}_end{eps_end}.json`` (and a markdown
+table printed).
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ from bbvae.sequential import SequenceModel
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 OUT = ROOT / "benchmarks" / "results" / "scheduled_sampling"
-EPS_END = 0.25
 
 
-def schedules(n_steps: int) -> dict[str, str | None]:
-    """The schedules compared, each ending at ``EPS_END`` at the last step."""
-    # inverse sigmoid: k / (k + exp(N / k)) = EPS_END, solved for k by bisection (k >= 1)
-    target = (1 - EPS_END) / EPS_END  # exp(N / k) / k
+def schedules(n_steps: int, eps_end: float) -> dict[str, str | None]:
+    """The schedules compared, each ending at ``eps_end`` at the last step."""
+    # inverse sigmoid: k / (k + exp(N / k)) = eps_end, solved for k by bisection (k >= 1)
+    target = (1 - eps_end) / eps_end  # exp(N / k) / k
     lo, hi = 1.0, float(n_steps)
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -55,8 +55,8 @@ def schedules(n_steps: int) -> dict[str, str | None]:
             hi = mid
     return {
         "teacher_forcing": None,
-        "linear": f"linear:k={(1 - EPS_END) / n_steps!r}",
-        "exponential": f"exponential:k={EPS_END ** (1 / n_steps)!r}",
+        "linear": f"linear:k={(1 - eps_end) / n_steps!r}",
+        "exponential": f"exponential:k={eps_end ** (1 / n_steps)!r}",
         "inverse_sigmoid": f"inverse_sigmoid:k={hi!r}",
     }
 
@@ -130,7 +130,7 @@ def run_music(args, seed: int) -> list[dict]:
     data = PianoRollData.load()
     held = music_stats([np.asarray(r, dtype=np.float32) for r in data.split("test")])
     rows = []
-    for name, spec in schedules(args.steps).items():
+    for name, spec in schedules(args.steps, args.eps_end).items():
         est, cpu = fit(data, spec, args, seed, max_length=args.length)
         bound = est.score(data, split="test", random_state=0)
         torch.manual_seed(seed + 1)
@@ -161,7 +161,7 @@ def run_text(args, seed: int) -> list[dict]:
     train_words = {w.lower() for w in WORD.findall(data.train)}
     held = data.test
     rows = []
-    for name, spec in schedules(args.steps).items():
+    for name, spec in schedules(args.steps, args.eps_end).items():
         est, cpu = fit(data, spec, args, seed, max_length=args.length)
         bound = est.score(data, split="test", random_state=0)
         torch.manual_seed(seed + 1)
@@ -222,8 +222,9 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=("jsb", "text", "both"), default="both")
-    parser.add_argument("--steps", type=int, default=300, help="Adam steps per run")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=600, help="Adam steps per run")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--eps-end", type=float, default=0.25, help="every schedule's eps at the last step")
     parser.add_argument("--hidden", type=int, default=48)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -246,7 +247,7 @@ def main(argv=None) -> None:
     total = time.process_time() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"results_{args.data}.json"
+    name = f"results_{args.data}_end{args.eps_end}.json"
     payload = {"settings": vars(args), "cpu_seconds_total": total, "torch": torch.__version__, "rows": rows}
     (out / name).write_text(json.dumps(payload, indent=1) + "\n")
     print(table(rows))
