@@ -160,7 +160,8 @@ class TrainingLoop:
 
     def _step(self, model: nn.Module, x: torch.Tensor, context: dict[str, Any], eager_check: bool) -> None:
         step = self.n_iter_ + 1
-        for hook in self._step_hooks:  # e.g. a scheduled-sampling schedule: at step n_iter_ (0-based)
+        # e.g. a scheduled-sampling schedule: told the steps taken so far (0-based)
+        for hook in getattr(self, "_step_hooks", ()):
             hook.set_training_step(self.n_iter_)
         self.optimizer_.zero_grad(set_to_none=True)
         try:

@@ -92,7 +92,7 @@ class TrainerSettings:
             name,
         )
         check_ema_decay(self.ema_decay, name)
-        parse_scheduled_sampling(self.scheduled_sampling, name)
+        parse_scheduled_sampling(getattr(self, "scheduled_sampling", None), name)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(
@@ -125,7 +125,7 @@ class TrainerSettings:
             "warmup_steps": self.warmup_steps,
             "warmup_start_factor": float(self.warmup_start_factor),
             "ema_decay": self.ema_decay,
-            "scheduled_sampling": _spec(self.scheduled_sampling),
+            "scheduled_sampling": _spec(getattr(self, "scheduled_sampling", None)),
         }
 
     def _parameters(self) -> list[nn.Parameter]:

@@ -250,7 +250,8 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             distributed.init_from_env(backend="nccl" if on_cuda else "gloo")
         self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         self._is_main = self._rank == 0
-        if self.scheduled_sampling is not None:  # before a checkpoint's state (its schedule step) loads
+        # (before a checkpoint's state, which holds the schedule's step, is loaded)
+        if getattr(self, "scheduled_sampling", None) is not None:
             set_scheduled_sampling(self.loss, self.scheduled_sampling, "Trainer")
         self._step_hooks = [m for m in self.loss.modules() if callable(getattr(m, "set_training_step", None))]
         if self.seed is not None:  # data-shaped parameters (NVIL's baseline) are seeded too
