@@ -26,6 +26,7 @@ from bbvae.sequential.observations import (
 )
 from bbvae.sequential.rnn import RNN
 from bbvae.sequential.sampling import filter_prefix, sample_continuations, sample_sequences
+from bbvae.sequential.scheduled import ScheduledSampling, set_scheduled_sampling
 from bbvae.sequential.smc import (
     SMCResult,
     multinomial_resampling,
@@ -62,6 +63,7 @@ __all__ = [
     "Observation",
     "ParticleRun",
     "SMCResult",
+    "ScheduledSampling",
     "SequenceModel",
     "SequentialGenModel",
     "SequentialInfNet",
@@ -75,6 +77,7 @@ __all__ = [
     "run_particles",
     "sample_continuations",
     "sample_sequences",
+    "set_scheduled_sampling",
     "smc",
     "stratified_resampling",
     "systematic_resampling",

@@ -124,6 +124,11 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
             0.999); validation, model selection and the fitted model use the average.
         dropout: dropout of the built-in neural models (MLP hidden layers and recurrent inputs;
             training only, see :class:`~bbvae.sequential.VRNN`).
+        scheduled_sampling: feed the model's own samples back while training (Bengio et al.
+            2015; :mod:`bbvae.sequential.scheduled`): ``"inverse_sigmoid:k=1000"``,
+            ``"linear:k=1e-4,eps_min=0.1"``, ``"exponential:k=0.999"``, a dict such as
+            ``{"schedule": "inverse_sigmoid", "k": 1000}``, or None (teacher forcing). A biased
+            training signal, not a bound; validation and ``score`` stay teacher-forced.
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
         length_bucketing: batch sequences of similar length (pools of this many batches sorted by
@@ -195,6 +200,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         dropout: float = 0.0,
+        scheduled_sampling: str | dict | None = None,
         max_length: int | None = None,
         length_bucketing: int | None = None,
         eval_bound: str | None = None,
@@ -234,6 +240,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.warmup_steps = warmup_steps
         self.ema_decay = ema_decay
         self.dropout = dropout
+        self.scheduled_sampling = scheduled_sampling
         self.max_length = max_length
         self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound
