@@ -190,7 +190,7 @@ class REBAR(Loss):
         return relaxed_log_joint(self.gen_model, x, s, kind, type(self).__name__) - log_q
 
     def _variance_term(self, variance: torch.Tensor) -> torch.Tensor:
-        """A zero-valued scalar whose gradient is that of ``variance`` for the control variate's parameters only.
+        """A zero-valued scalar with ``variance``'s gradient for the control variate's parameters only.
 
         (Differentiating ``variance`` itself would also reach p's parameters through ``c``.)
         """

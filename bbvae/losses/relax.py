@@ -79,7 +79,8 @@ class RELAX(REBAR):
         learned = net(x, s)
         expected = tuple(s.shape[:2])
         if not isinstance(learned, torch.Tensor) or tuple(learned.shape) != expected:
-            got = shape_str(list(learned.shape)) if isinstance(learned, torch.Tensor) else type(learned).__name__
+            is_tensor = isinstance(learned, torch.Tensor)
+            got = shape_str(list(learned.shape)) if is_tensor else type(learned).__name__
             raise ValueError(
                 f"RELAX: expected surrogate(x, z) of shape {shape_str(list(expected))} = [batch, n_samples], "
                 f"got {got}"
