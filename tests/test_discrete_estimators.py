@@ -104,7 +104,9 @@ def categorical():
 # ----------------------------------------------------------------------------------------- helpers
 def flat_grad(value: torch.Tensor, params) -> torch.Tensor:
     grads = torch.autograd.grad(value, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)]
+    )
 
 
 def exact_elbo_gradient(model) -> torch.Tensor:
@@ -277,11 +279,15 @@ def reinforce_variance(wide_sbn):
 
 
 @pytest.mark.parametrize("name", list(EQUAL_COST))
-def test_variance_is_below_reinforce_with_a_running_mean_at_equal_evaluations(wide_sbn, reinforce_variance, name):
+def test_variance_is_below_reinforce_with_a_running_mean_at_equal_evaluations(
+    wide_sbn, reinforce_variance, name
+):
     loss = EQUAL_COST[name](wide_sbn.q, wide_sbn.p)
     var, se = total_variance(loss, wide_sbn.x, list(wide_sbn.q.parameters()))
     ref, ref_se = reinforce_variance
-    assert var + N_SE * math.hypot(se, ref_se) < ref, f"{name}: {var:.3f} +- {se:.3f} vs {ref:.3f} +- {ref_se:.3f}"
+    assert var + N_SE * math.hypot(se, ref_se) < ref, (
+        f"{name}: {var:.3f} +- {se:.3f} vs {ref:.3f} +- {ref_se:.3f}"
+    )
 
 
 def test_disarm_has_lower_variance_than_arm(wide_sbn):

@@ -193,4 +193,3 @@ class ARMS(_AntitheticBernoulli):
         centred = _broadcast(f - f.mean(dim=1, keepdim=True), z)
         p = torch.sigmoid(a).unsqueeze(1)
         return dirichlet_copula_weight(a, k) * (centred * (z - p)).sum(dim=1) / (k - 1)
-
