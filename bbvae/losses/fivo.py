@@ -12,6 +12,8 @@ from bbvae.sequential.smc import GRADIENTS, get_resampling, multinomial_resampli
 from bbvae.sequential.views import get_sequential_model
 
 _NORMALIZE = ("sequence", "length")
+#: Decay of the running mean of log Z-hat per step (the proposals' baseline without rsample).
+_SCORE_DECAY = 0.9
 
 
 class FIVO(Loss):
@@ -38,6 +40,16 @@ class FIVO(Loss):
         normalize: ``"sequence"`` (default: the bound in nats per sequence) or ``"length"`` (each
             sequence's bound divided by its length, as the FIVO reference's training loss).
 
+    **Latents that cannot be reparametrized** (``model.has_rsample`` false, e.g. ``DiscreteHMM``):
+    the proposals are drawn with ``sample`` and the gradient adds their score-function term,
+    ``sum_t signal_t * sum_k grad log q(z_t^k | past, x)``, whose signal is the detached log Z-hat
+    minus a baseline that does not depend on step ``t``'s draws (the log Z increments of earlier
+    resampling steps plus a running mean of log Z-hat per step times the steps left; see
+    ``_proposal_score``). The generative model keeps its pathwise gradient at the drawn particles.
+    With ``gradient="score"`` (multinomial resampling) or ``ess_threshold=0`` (no resampling) the
+    estimator is unbiased for the gradient of ``E[log Z-hat]``; with ``"none"`` it carries FIVO's
+    usual bias from the resampling decisions.
+
     Attributes:
         loss_history_ (list[float]): negative bound of every call (batch mean).
         bound_ (Tensor): ``[batch]`` the last call's bound (after ``normalize``).
@@ -49,6 +61,8 @@ class FIVO(Loss):
         ess_ (Tensor): ``[batch]`` mean ESS before resampling over each sequence's valid steps.
         resampling_rate_ (Tensor): scalar, the fraction of valid steps (before each sequence's last)
             at which the particles were resampled.
+        proposal_signal_ (Tensor): ``[batch, T]`` the proposals' learning signal of the last call
+            (latents without rsample only), detached.
     """
 
     def __init__(
@@ -84,16 +98,15 @@ class FIVO(Loss):
         self.ess_threshold = ess_threshold
         self.gradient = gradient
         self.normalize = normalize
+        # Running mean of log Z-hat per valid step (bias-corrected), the proposals' baseline rate
+        # for latents that cannot be reparametrized.
+        self.register_buffer("score_rate", torch.zeros(()))
+        self.register_buffer("score_rate_weight", torch.zeros(()))
 
     def estimate(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model = get_sequential_model(self.inf_net, self.gen_model, "FIVO")
-        if not model.has_rsample:
-            raise TypeError(
-                f"FIVO: {type(model).__name__} has latents that cannot be reparametrized, and FIVO's "
-                "gradient is pathwise; use VIMCO or RWS to train it (smc() still evaluates the bound)"
-            )
         # smc checks x, lengths and inputs (once: FIVO does not check them again).
         result = smc(
             model,
@@ -117,6 +130,8 @@ class FIVO(Loss):
             objective = objective + (signal * result.ancestor_log_prob).sum(dim=1)
         n_steps = x.shape[1]
         valid = None if lengths is None else length_mask(lengths, n_steps, result.ess.device)  # [batch, T]
+        if not model.has_rsample:
+            objective = objective + self._proposal_score(result, valid, n_steps)
         self._store_diagnostics(result, valid, n_steps)
         self.log_z_ = log_z.detach()
         bound = log_z.detach()
@@ -128,6 +143,41 @@ class FIVO(Loss):
             )
             bound, objective = bound / length, objective / length
         return bound, objective
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the proposals' baseline existed resume with it at its start.
+        for name in ("score_rate", "score_rate_weight"):
+            state_dict.setdefault(prefix + name, torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _proposal_score(self, result, valid: torch.Tensor | None, n_steps: int) -> torch.Tensor:
+        """REINFORCE term of the proposals ``[batch]``, for latents that cannot be reparametrized.
+
+        The proposals of step ``t`` get the learning signal ``log Z-hat - past_t - m * r_t``: from
+        the detached log Z-hat are subtracted the log Z increments of the resampling steps before
+        ``t`` (fixed before the proposals are drawn) and the expected rest, ``r_t`` valid steps from
+        ``t`` on times ``m``, a running mean over earlier calls of log Z-hat per valid step (zero at
+        the first call). Neither depends on step ``t``'s draws, so the term is unbiased.
+        """
+        log_z = result.log_z.detach()
+        increments = result.log_z_increments.detach()  # [batch, T]
+        past = torch.cumsum(increments, dim=1) - increments  # before step t's proposals
+        steps = torch.ones_like(increments) if valid is None else valid.to(increments.dtype)
+        remaining = torch.flip(torch.cumsum(torch.flip(steps, (1,)), dim=1), (1,))  # valid steps from t on
+        weight = self.score_rate_weight.to(log_z)
+        rate = torch.where(weight > 0, self.score_rate.to(log_z) / weight.clamp_min(1e-12), 0.0)
+        signal = log_z.unsqueeze(1) - past - rate * remaining
+        finite = torch.isfinite(log_z)
+        signal = torch.where(finite.unsqueeze(1), signal, 0.0) * steps
+        if self.training:
+            per_step = torch.where(finite, log_z / steps.sum(dim=1), 0.0)
+            n_finite = finite.sum()
+            batch_rate = per_step.sum() / n_finite.clamp_min(1).to(log_z.dtype)
+            d = torch.where(n_finite > 0, log_z.new_tensor(_SCORE_DECAY), 1.0)
+            self.score_rate = d * self.score_rate.to(log_z) + (1 - d) * batch_rate
+            self.score_rate_weight = d * weight + (1 - d)
+        self.proposal_signal_ = signal
+        return (signal * result.proposal_log_prob).sum(dim=1)
 
     def _store_diagnostics(self, result, valid: torch.Tensor | None, n_steps: int) -> None:
         self.log_p_ = result.log_p.detach()
