@@ -353,7 +353,11 @@ def test_dirichlet_copula_weight_matches_the_simulated_coupling(k):
 
 
 # ---------------------------------------------------------------------------------- API checks
-ALL = {**BERNOULLI, "RELAX-free": lambda q, p: RELAX(q, p, rebar_term=False)}
+ALL = {
+    **BERNOULLI,
+    "RELAX-free": lambda q, p: RELAX(q, p, rebar_term=False),
+    "REBAR-fixed": lambda q, p: REBAR(q, p, learn_temperature=False, learn_scale=False),
+}
 
 
 @pytest.mark.parametrize("name", list(ALL))
@@ -436,3 +440,16 @@ def test_bad_arguments_are_refused_with_clear_messages(sbn, categorical):
 
     with pytest.raises(ValueError, match=r"surrogate\(x, z\) of shape \[3, 1\]"):
         RELAX(sbn.q, sbn.p, surrogate=BadSurrogate())(sbn.x)
+
+
+def test_trainer_builds_relax_surrogate_before_the_optimiser(sbn):
+    from bbvae.training import Trainer
+
+    torch.manual_seed(0)
+    loss = RELAX(sbn.q, sbn.p)
+    x = sbn.x.repeat(4, 1)
+    trainer = Trainer(loss, max_steps=4, batch_size=6, learning_rate=0.01, progress=False)
+    trainer.fit(x)
+    assert "surrogate_net_" in loss._modules
+    assert trainer.n_iter_ == 4 and len(loss.loss_history_) >= 4
+    assert float(loss.surrogate_net_.out.weight.detach().abs().sum()) > 0  # trained from its zero start

@@ -162,7 +162,9 @@ class REBAR(Loss):
         z_cond = conditional_sample(kind, a, b, _uniform(a.shape, a))
         c_tilde = self.control_variate(x, z_tilde, a, kind)  # [batch, K]
         c_cond = self.control_variate(x, z_cond, a, kind)
-        (path,) = torch.autograd.grad((c_tilde - c_cond).sum(), a_leaf, create_graph=True)
+        # The estimate is differentiated once more (for the variance gradient) only if something trains.
+        trains = any(p.requires_grad for p in self.control_variate_parameters())
+        (path,) = torch.autograd.grad((c_tilde - c_cond).sum(), a_leaf, create_graph=trains)
         score = b - (torch.sigmoid(a) if kind == _BERNOULLI else torch.softmax(a, dim=-1)).detach()
         coef = (f - c_cond).reshape(*f.shape, *([1] * (score.dim() - 2)))
         grad = ((coef * score).sum(dim=1) + path) / k  # [batch, *latent]
