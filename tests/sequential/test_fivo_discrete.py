@@ -134,3 +134,51 @@ def test_iwae_still_refuses_a_discrete_hmm(seq):
     x, _ = model.sample(2, 3)
     with pytest.raises(TypeError, match="reparametrizable"):
         IWAE(model.inf_net, model.gen_model, n_samples=2)(x)
+
+
+def test_segment_signal_is_vimcos_within_each_segment(seq):
+    from bbvae.losses.vimco import leave_one_out_bounds
+
+    model = seq.make_dhmm(n_states=3, n_obs=4, proposal="network", seed=7)
+    torch.manual_seed(8)
+    x, _ = model.sample(5, 6)
+    lengths = torch.tensor([6, 4, 6, 1, 3])
+    # Never resampling: one segment per sequence, closed at its last valid step.
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=3, ess_threshold=0.0, proposal_gradient="segment")
+    loss(x, lengths=lengths).backward()
+    final = loss.log_weights_  # [batch, K]: the accumulated weights at each sequence's end
+    expected = final.logsumexp(1, keepdim=True) - math.log(3) - leave_one_out_bounds(final)
+    for b, n in enumerate(lengths.tolist()):
+        sig = loss.proposal_signal_[b]  # [T, K]
+        assert torch.allclose(sig[:n], expected[b].expand(n, 3))
+        assert (sig[n:] == 0).all()
+    # Resampling at every step: every step is its own segment.
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=3, ess_threshold=1.0, proposal_gradient="segment")
+    loss(x)
+    assert loss.proposal_signal_.shape == (5, 6, 3)
+    assert torch.isfinite(loss.proposal_signal_).all()
+    assert loss.resampling_rate_ == 1.0
+    with pytest.raises(ValueError, match="n_particles >= 2"):
+        FIVO(model.inf_net, model.gen_model, n_particles=1, proposal_gradient="segment")
+    with pytest.raises(ValueError, match="proposal_gradient"):
+        FIVO(model.inf_net, model.gen_model, proposal_gradient="vimco")
+
+
+def test_segment_fivo_trains_a_discrete_hmm(seq):
+    truth = seq.make_dhmm(n_states=3, n_obs=4, proposal="network", seed=4)
+    torch.manual_seed(5)
+    x, _ = truth.sample(32, 20)
+    with torch.no_grad():
+        exact_truth = float(truth.exact_log_prob(x).mean())
+    model = seq.make_dhmm(n_states=3, n_obs=4, proposal="network", seed=6)
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=4, proposal_gradient="segment")
+    opt = torch.optim.Adam(loss.parameters(), lr=0.05)
+    with torch.no_grad():
+        start = float(model.exact_log_prob(x).mean())
+    for _ in range(60):
+        opt.zero_grad()
+        loss(x).backward()
+        opt.step()
+    with torch.no_grad():
+        end = float(model.exact_log_prob(x).mean())
+    assert end > start + 0.6 * (exact_truth - start), (start, end, exact_truth)
