@@ -453,3 +453,44 @@ def test_trainer_builds_relax_surrogate_before_the_optimiser(sbn):
     assert "surrogate_net_" in loss._modules
     assert trainer.n_iter_ == 4 and len(loss.loss_history_) >= 4
     assert float(loss.surrogate_net_.out.weight.detach().abs().sum()) > 0  # trained from its zero start
+
+
+# ------------------------------------------------------------------------- the multi-sample bound
+def exact_iwae2_gradient(model) -> torch.Tensor:
+    """Gradient of the batch-mean ``E[log (w_1 + w_2) / 2]`` for q's parameters, over all pairs."""
+    x = model.x
+    z = model.configs.unsqueeze(0).expand(x.shape[0], *model.configs.shape)
+    log_q = model.q(x).log_prob(z)  # [B, C]
+    log_w = model.p(x, z).log_prob(x, z) - log_q
+    pair_bound = torch.logaddexp(log_w.unsqueeze(2), log_w.unsqueeze(1)) - math.log(2)  # [B, C, C]
+    pair_q = (log_q.unsqueeze(2) + log_q.unsqueeze(1)).exp()
+    return flat_grad((pair_q * pair_bound).sum(dim=(1, 2)).mean(), list(model.q.parameters()))
+
+
+class DisARMIWAEAveraged(DisARM):
+    """DisARM on the 2-sample bound that averages, instead of adding, the two samples' logit gradients."""
+
+    def _logit_gradient(self, f, z, noise, a):
+        return super()._logit_gradient(f, z, noise, a) / (self.n_samples // 2)
+
+
+@pytest.mark.parametrize(
+    "make, wrong",
+    [
+        (lambda q, p: ARM(q, p, n_samples=4, bound="iwae"), False),
+        (lambda q, p: DisARM(q, p, n_samples=4, bound="iwae"), False),
+        (lambda q, p: DisARMIWAEAveraged(q, p, n_samples=4, bound="iwae"), True),
+    ],
+    ids=["ARM", "DisARM", "DisARM-averaged (wrong)"],
+)
+def test_antithetic_estimators_of_the_two_sample_bound_are_unbiased(sbn, make, wrong):
+    loss = make(sbn.q, sbn.p)
+    mean, se = mean_gradient(loss, sbn, n_calls=100 if not wrong else 50)
+    exact = exact_iwae2_gradient(sbn)
+    positive = se > 0
+    z = (mean - exact)[positive] / se[positive]
+    if wrong:
+        assert z.abs().max() > 2 * N_SE
+    else:
+        assert z.abs().max() < N_SE, f"max |z| = {z.abs().max():.2f}"
+        assert loss.bound_.shape == loss.ess_.shape == (3 * 200,)  # rows replicated 200 times

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from bbvae.base import GenModel, InfNet
-from bbvae.losses.base import Loss
+from bbvae.losses.base import Loss, log_mean_exp
 from bbvae.losses.discrete import discrete_logits, learning_signal
 
 
@@ -85,12 +85,33 @@ class _AntitheticBernoulli(Loss):
         log_q = q.log_prob(z)
         log_p = self.gen_model(x, z).log_prob(x, z)
         log_w = self.record(log_p, log_q)
+        if getattr(self, "bound", "elbo") == "iwae":
+            return self._iwae_estimate(log_w, z, noise, a, logits)
         f, usable = learning_signal(log_w)
         grad = self._logit_gradient(f, z, noise, a)  # [batch, *latent]
         grad = torch.where(_broadcast(usable.squeeze(1), grad), grad, 0.0)
         self.logit_gradient_ = grad
         objective = log_p.mean(dim=1) + (grad * logits).flatten(1).sum(dim=1)
         return log_w.detach().mean(dim=1), objective
+
+    def _iwae_estimate(self, log_w, z, noise, a, logits):
+        """The K-sample bound: the two halves of the pairs are two K-sample draws whose latents
+        (all ``K * L`` of them) are antithetic; f of a half is its bound ``log mean_k w_k``."""
+        n_pairs = log_w.shape[1] // 2
+        halves = (log_w[:, :n_pairs], log_w[:, n_pairs:])  # [batch, K] each, with gradients
+        f_first, f_second = (log_mean_exp(h.detach()) for h in halves)  # [batch]
+        usable = torch.isfinite(f_first) & torch.isfinite(f_second)
+        f = torch.cat(
+            [f_first.unsqueeze(1).expand(-1, n_pairs), f_second.unsqueeze(1).expand(-1, n_pairs)], 1
+        )
+        f = torch.where(usable.unsqueeze(1), f, 0.0)
+        # The K samples of a half share q's logits: their gradients add up (the pair estimators average).
+        grad = n_pairs * self._logit_gradient(f, z, noise, a)
+        self.logit_gradient_ = grad
+        # p's gradient, and q's through the weights at fixed samples (not of mean zero for this bound).
+        at_fixed = torch.where(usable, (log_mean_exp(halves[0]) + log_mean_exp(halves[1])) / 2, 0.0)
+        objective = at_fixed + (grad * logits).flatten(1).sum(dim=1)
+        return (f_first + f_second) / 2, objective
 
     def _draw(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -102,9 +123,13 @@ class _AntitheticBernoulli(Loss):
 class _PairedBernoulli(_AntitheticBernoulli):
     """``K / 2`` independent antithetic pairs ``[u > sigmoid(-a)]``, ``[u < sigmoid(a)]``."""
 
-    def __init__(self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 2) -> None:
+    def __init__(self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 2, bound: str = "elbo") -> None:
         _check_even(n_samples, type(self).__name__)
         super().__init__(inf_net, gen_model, n_samples)
+        if bound not in ("elbo", "iwae"):
+            raise ValueError(f"{type(self).__name__}: expected bound 'elbo' or 'iwae', got {bound!r}")
+        self.bound = bound
+        self.importance_weighted = bound == "iwae"
 
     def _draw(self, a):
         n_pairs = self.n_samples // 2
@@ -132,6 +157,12 @@ class ARM(_PairedBernoulli):
         inf_net: q(z|x) whose ``distribution()`` is a Bernoulli (optionally ``Independent``).
         gen_model: p(x, z); it is only evaluated at discrete ``z``.
         n_samples: even number of model evaluations ``K >= 2``.
+        bound: ``"elbo"`` (default) or ``"iwae"``: the ``K/2``-sample bound
+            ``log mean_k w_k``. Its two draws of ``K/2`` samples are the two halves of the pairs,
+            so every latent of one is antithetic to the same latent of the other, and the
+            estimator is applied to the bound as a function of all ``K/2 * L`` latents. The value is
+            the mean of the two draws' bounds. q also gets the bound's gradient at the fixed samples
+            (through ``log q`` in the weights), as for VIMCO.
 
     Attributes:
         loss_history_, log_p_, log_q_, bound_: see :class:`~bbvae.losses.Loss`.
