@@ -182,3 +182,16 @@ def test_segment_fivo_trains_a_discrete_hmm(seq):
     with torch.no_grad():
         end = float(model.exact_log_prob(x).mean())
     assert end > start + 0.6 * (exact_truth - start), (start, end, exact_truth)
+
+
+def test_checkpoints_without_the_baseline_buffers_still_load(seq):
+    model = seq.make_dhmm()
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=2)
+    x, _ = model.sample(3, 4)
+    loss(x)  # moves the running rate away from zero
+    old = {k: v for k, v in loss.state_dict().items() if "score_rate" not in k}  # as written before
+    fresh = FIVO(model.inf_net, model.gen_model, n_particles=2)
+    fresh.load_state_dict(old)  # strict: the missing buffers start at zero
+    assert float(fresh.score_rate_weight) == 0.0
+    fresh.load_state_dict(loss.state_dict())
+    assert torch.equal(fresh.score_rate, loss.score_rate)
