@@ -10,6 +10,8 @@ whatever backend the user's pyplot has) and writes it as a PNG of a fixed size i
   10-90% band over the sequences still running at that step.
 * :func:`plot_pianorolls`: piano rolls (time across, 88 keys up), one panel each, with the end of
   a conditioning prefix marked: samples and continuations next to the truth.
+* :func:`plot_audio`: waveforms (above) and their spectrograms (below), side by side: a model's
+  audio sample next to a real utterance.
 
 ``bbvae plot LOGDIR`` (:mod:`bbvae.cli.plot`) draws all of them for a trained run.
 """
@@ -22,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DPI", "SIZES", "plot_bounds", "plot_ess", "plot_pianorolls", "read_log"]
+__all__ = ["DPI", "SIZES", "plot_audio", "plot_bounds", "plot_ess", "plot_pianorolls", "read_log"]
 
 DPI = 100
 #: Figure sizes in inches (width, height); a PNG is ``DPI`` times as many pixels.
-SIZES = {"bounds": (11.0, 4.0), "ess": (8.0, 4.5), "pianorolls": (10.0, 8.0)}
+SIZES = {"bounds": (11.0, 4.0), "ess": (8.0, 4.5), "pianorolls": (10.0, 8.0), "audio": (11.0, 6.0)}
 
 
 def _figure(name: str):
@@ -191,4 +193,58 @@ def plot_pianorolls(
     axes[-1].set_xlabel("time step")
     figure.suptitle(title or "piano rolls")
     figure.subplots_adjust(left=0.2, right=0.98, top=0.93, bottom=0.07, hspace=0.35)
+    return _save(figure, path)
+
+
+def plot_audio(
+    panels: Sequence[tuple[str, np.ndarray]],
+    sample_rate: int,
+    path: str | Path,
+    title: str = "",
+    prefix_seconds: float = 0.0,
+) -> Path:
+    """Waveforms (top row) and spectrograms (bottom row), one column per panel.
+
+    Args:
+        panels: ``(label, samples [n])`` each, samples in ``[-1, 1]`` (e.g. a model's sample and a
+            real utterance).
+        sample_rate: samples per second (the time axes are in seconds).
+        path: the PNG to write.
+        title: the figure's title.
+        prefix_seconds: a dashed line in the first panel marks the end of its conditioning prefix
+            (0: none).
+
+    Returns:
+        ``path``.
+    """
+    if not panels:
+        raise ValueError("plot_audio: expected at least one panel, got none")
+    figure = _figure("audio")
+    axes = figure.subplots(2, len(panels), squeeze=False)
+    images, peak = [], -np.inf
+    for col, (label, wave) in enumerate(panels):
+        wave = np.asarray(wave, dtype=np.float64).reshape(-1)
+        top, bottom = axes[0, col], axes[1, col]
+        top.plot(np.arange(wave.shape[0]) / sample_rate, wave, linewidth=0.4, color="C0")
+        top.set_xlim(0, max(wave.shape[0], 1) / sample_rate)
+        top.set_ylim(-1.0, 1.0)
+        top.set_title(label, fontsize=9)
+        nfft = int(min(512, max(16, 2 ** int(np.log2(max(wave.shape[0] // 4, 16))))))
+        power, _, _, image = bottom.specgram(
+            wave, NFFT=nfft, Fs=sample_rate, noverlap=nfft * 3 // 4, cmap="magma"
+        )
+        images.append(image)
+        peak = max(peak, 10 * np.log10(max(float(power.max()), 1e-20)))
+        bottom.set_xlabel("time (s)")
+        for ax in (top, bottom):
+            if prefix_seconds > 0 and col == 0:
+                ax.axvline(prefix_seconds, color="C3", linestyle="--", linewidth=1)
+            ax.tick_params(labelsize=6)
+        if col == 0:
+            top.set_ylabel("amplitude")
+            bottom.set_ylabel("frequency (Hz)")
+    for image in images:  # one colour scale (the loudest 80 dB) for every spectrogram
+        image.set_clim(peak - 80.0, peak)
+    figure.suptitle(title or "audio")
+    figure.tight_layout()
     return _save(figure, path)

@@ -1,36 +1,50 @@
 """Gradient estimators for discrete latents on binarised 8x8 digits: a plain script, not a test.
 
-A sigmoid-belief-net VAE (``--z-dim`` Bernoulli latents, MLP decoder and encoder with one
-hidden layer) is trained on the scikit-learn digits (1,797 images of 8x8 pixels, 0..16,
-binarised as pixel > 7; a fixed 80/20 train/test split) with each estimator for the same
-number of steps, batch size, learning rate and initialisation:
+A sigmoid-belief-net VAE (``--z-dim`` Bernoulli latents) is trained on the scikit-learn digits
+(1,797 images of 8x8 pixels, 0..16, binarised as pixel > 7; a fixed 80/20 train/test split, and
+``--valid-frac`` of the training images held out for validation) with every estimator at the
+**same number of model evaluations per data point and step** (``--evals``, E), the same batch size,
+learning rate, initialisation and batch order, for ``--seeds`` seeds. Two models:
 
-* ELBO-score: ``ELBO(estimator="score")``, REINFORCE without a baseline (K = 1);
-* NVIL: score function with a learned input-dependent baseline and normalisation (K = 1);
-* VIMCO: multi-sample bound with leave-one-out baselines (K = ``--k``);
-* RWS: reweighted wake-sleep (K = ``--k``);
-* Concrete: the relaxed ELBO at temperature 2/3 (K = 1);
-* IWAE-DReG (K = ``--k``): needs a reparametrizable q, so this row trains a *Gaussian*-latent
-  VAE of the same size (same decoder architecture on ``--z-dim`` Gaussian latents); it is a
-  reference point, not the same model.
+* ``linear``: one stochastic layer, linear (logistic) maps in p and q (the "linear SBN");
+* ``nonlinear``: one stochastic layer, an MLP with one hidden layer of ``--hidden`` tanh units in p
+  and in q. (A SBN with two *stochastic* layers is not here: ARM, DisARM, ARMS, REBAR and RELAX
+  need q(z|x) to be one factorised Bernoulli.)
 
-Per estimator it prints the log-likelihood estimate on the training and the test images
-(``bbvae.evaluation.log_likelihood``, importance sampling with S = 1000 draws from q; their
-difference shows overfitting), the test ELBO, the signal-to-noise ratio of
-the inference network's (and the generative model's) gradient at the end of training, from
-``bbvae.diagnostics.gradient_stats`` over ``--snr-draws`` gradient draws on one training batch:
-``||E g|| / sqrt(tr Cov g)`` (its ``snr_norm``; the per-coordinate mean of |mean| / std is
-dominated by near-deterministic coordinates once q saturates), and the training time per step.
+Estimators and their samples per step at E evaluations (``K``; REBAR and RELAX evaluate p three
+times per draw, at ``b``, ``z~`` and ``z~|b``):
 
-Run from the repository root: ``python -m benchmarks.bench_estimators_sbn`` (about 10 minutes
-on 2 CPU cores with the defaults) or ``--steps 500`` for a quick look.
+* ELBO-score (REINFORCE, no baseline, K = E), NVIL (K = E, learned baseline), RLOO (K = E),
+  VIMCO (K = E, the K-sample bound), RWS (K = E), Concrete (K = E relaxed samples at temperature
+  2/3; its extra no-grad pass on the hard samples only reports the value),
+* ARM and DisARM (E / 2 antithetic pairs), ARMS (E samples, Dirichlet copula),
+* ARM-IWAE and DisARM-IWAE (not in the default list): the E/2-sample bound from two antithetic
+  draws of E/2 samples (compare with VIMCO, whose K = E sample bound is tighter at equal cost),
+* REBAR and RELAX (K = E / 3, control variates trained online),
+* IWAE-DReG (K = E) needs a reparametrizable q, so its row is a *Gaussian*-latent twin of the same
+  size: a reference point, not the same model.
+
+Training: Adam, batch ``--batch-size``, at most ``--steps`` steps; every ``--eval-every`` steps the
+validation log p(x) (importance sampling, S = ``--n-is-valid``) is computed, the best state kept,
+and training stops after ``--patience`` evaluations without improvement. The best state is then
+scored: test and train log p(x) (S = ``--n-is``), the gradient SNR (``||E g|| / sqrt(tr Cov g)``)
+and total variance of q's gradient over ``--snr-draws`` draws on one training batch
+(``bbvae.diagnostics.gradient_stats``), and the training time per step (wall clock, and the CPU
+time of the process, which other jobs on the machine do not inflate).
+
+Run from the repository root: ``python -m benchmarks.bench_estimators_sbn --out
+benchmarks/results/sbn_estimators.jsonl`` (one JSON line per run, then a table of means +- std over
+seeds). ``--steps 40000 --eval-every 1000`` is the long version; the defaults are a short one.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import math
 import platform
+import statistics
 import time
 
 import torch
@@ -39,15 +53,24 @@ from torch.distributions import Bernoulli, Independent, Normal
 from bbvae.base import GenModel
 from bbvae.diagnostics import gradient_stats
 from bbvae.evaluation import log_likelihood
-from bbvae.losses.concrete import Concrete
-from bbvae.losses.elbo import ELBO
-from bbvae.losses.iwae import IWAE
-from bbvae.losses.nvil import NVIL
-from bbvae.losses.rws import RWS
-from bbvae.losses.vimco import VIMCO
+from bbvae.losses import ARM, ARMS, ELBO, IWAE, NVIL, REBAR, RELAX, RLOO, RWS, VIMCO, Concrete, DisARM
 from bbvae.models import BernoulliInfNet, GaussianInfNet, SigmoidBeliefNet, mlp
 
-ESTIMATORS = ("ELBO-score", "NVIL", "VIMCO", "RWS", "Concrete", "IWAE-DReG")
+ESTIMATORS = (
+    "ELBO-score",
+    "NVIL",
+    "RLOO",
+    "VIMCO",
+    "RWS",
+    "Concrete",
+    "ARM",
+    "DisARM",
+    "ARMS",
+    "REBAR",
+    "RELAX",
+    "IWAE-DReG",
+)
+MODELS = {"linear": (), "nonlinear": None}  # None: (args.hidden,)
 
 
 class GaussianLatentVAE(GenModel):
@@ -69,127 +92,186 @@ class GaussianLatentVAE(GenModel):
         return Independent(Bernoulli(logits=self.params_["logits"]), 1)
 
 
-def load_digits_binary(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_binary(valid_frac: float, seed: int = 0):
+    """``(train, valid, test)`` binary images ``[n, 64]``; the splits are fixed by ``seed``."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    pixels = load_digits().data  # [1797, 64], values 0..16
-    binary = torch.tensor(pixels > 7, dtype=torch.float32)
+    binary = torch.tensor(load_digits().data > 7, dtype=torch.float32)  # [1797, 64]
     train, test = train_test_split(binary, test_size=0.2, random_state=seed)
-    return torch.as_tensor(train), torch.as_tensor(test)
+    train, valid = train_test_split(torch.as_tensor(train), test_size=valid_frac, random_state=seed)
+    return torch.as_tensor(train), torch.as_tensor(valid), torch.as_tensor(test)
 
 
-def build(name: str, args, x_dim: int):
-    hidden = (args.hidden,)
+def samples_for(name: str, evals: int) -> int:
+    """Samples per data point that cost ``evals`` model evaluations."""
+    if name in ("REBAR", "RELAX"):
+        return max(evals // 3, 1)
+    return evals
+
+
+def build(name: str, hidden: tuple[int, ...], z_dim: int, x_dim: int, evals: int):
+    k = samples_for(name, evals)
     if name == "IWAE-DReG":
-        inf_net = GaussianInfNet(x_dim, args.z_dim, hidden=hidden)
-        gen_model = GaussianLatentVAE(args.z_dim, x_dim, hidden)
-        return inf_net, gen_model, IWAE(inf_net, gen_model, n_samples=args.k, estimator="dreg")
-    inf_net = BernoulliInfNet(x_dim, args.z_dim, hidden=hidden)
-    gen_model = SigmoidBeliefNet(args.z_dim, x_dim, hidden=hidden)
-    if name == "ELBO-score":
-        loss = ELBO(inf_net, gen_model, estimator="score")
-    elif name == "NVIL":
-        loss = NVIL(inf_net, gen_model, n_samples=1)
-    elif name == "VIMCO":
-        loss = VIMCO(inf_net, gen_model, n_samples=args.k)
-    elif name == "RWS":
-        loss = RWS(inf_net, gen_model, n_samples=args.k)
-    elif name == "Concrete":
-        loss = Concrete(inf_net, gen_model, temperature=2.0 / 3.0)
-    else:
+        inf_net = GaussianInfNet(x_dim, z_dim, hidden=hidden)
+        gen_model = GaussianLatentVAE(z_dim, x_dim, hidden)
+        return inf_net, gen_model, IWAE(inf_net, gen_model, n_samples=k, estimator="dreg")
+    inf_net = BernoulliInfNet(x_dim, z_dim, hidden=hidden)
+    gen_model = SigmoidBeliefNet(z_dim, x_dim, hidden=hidden)
+    make = {
+        "ELBO-score": lambda: ELBO(inf_net, gen_model, n_samples=k, estimator="score"),
+        "NVIL": lambda: NVIL(inf_net, gen_model, n_samples=k),
+        "RLOO": lambda: RLOO(inf_net, gen_model, n_samples=k),
+        "VIMCO": lambda: VIMCO(inf_net, gen_model, n_samples=k),
+        "RWS": lambda: RWS(inf_net, gen_model, n_samples=k),
+        "Concrete": lambda: Concrete(inf_net, gen_model, temperature=2.0 / 3.0, n_samples=k),
+        "ARM": lambda: ARM(inf_net, gen_model, n_samples=k),
+        "ARM-IWAE": lambda: ARM(inf_net, gen_model, n_samples=k, bound="iwae"),
+        "DisARM-IWAE": lambda: DisARM(inf_net, gen_model, n_samples=k, bound="iwae"),
+        "DisARM": lambda: DisARM(inf_net, gen_model, n_samples=k),
+        "ARMS": lambda: ARMS(inf_net, gen_model, n_samples=k),
+        "REBAR": lambda: REBAR(inf_net, gen_model, n_samples=k),
+        "RELAX": lambda: RELAX(inf_net, gen_model, n_samples=k),
+    }
+    if name not in make:
         raise ValueError(f"unknown estimator {name!r}; expected one of {ESTIMATORS}")
-    return inf_net, gen_model, loss
+    return inf_net, gen_model, make[name]()
 
 
-@torch.no_grad()
-def test_elbo(inf_net, gen_model, x, n_draws: int = 100) -> float:
-    z = inf_net(x).sample(n_draws)  # [n, S, z_dim]
-    return float((gen_model(x, z).log_prob(x, z) - inf_net.log_prob(z)).mean())
+def score(inf_net, gen_model, x: torch.Tensor, n_samples: int) -> float:
+    with torch.no_grad():
+        return float(log_likelihood(inf_net, gen_model, x, n_samples=n_samples).mean())
+
+
+def run(name: str, model: str, seed: int, args, data) -> dict:
+    x_train, x_valid, x_test = data
+    hidden = MODELS[model] if MODELS[model] is not None else (args.hidden,)
+    torch.manual_seed(seed)  # same initialisation and batch order for every estimator of a seed
+    inf_net, gen_model, loss = build(name, hidden, args.z_dim, x_train.shape[1], args.evals)
+    loss.prepare(x_train[: args.batch_size])  # NVIL's baseline, RELAX's surrogate
+    opt = torch.optim.Adam(loss.parameters(), lr=args.lr)
+    order = torch.Generator().manual_seed(seed)
+    best, best_state, best_step, bad, step, train_time, cpu_time = -math.inf, None, 0, 0, 0, 0.0, 0.0
+    while step < args.steps:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(args.eval_every):
+            idx = torch.randint(0, x_train.shape[0], (args.batch_size,), generator=order)
+            opt.zero_grad(set_to_none=True)
+            loss(x_train[idx]).backward()
+            opt.step()
+        train_time += time.perf_counter() - start
+        cpu_time += time.process_time() - cpu_start
+        step += args.eval_every
+        valid = score(inf_net, gen_model, x_valid, args.n_is_valid)
+        if valid > best:
+            best, best_state, best_step, bad = valid, copy.deepcopy(loss.state_dict()), step, 0
+        else:
+            bad += 1
+            if bad >= args.patience:
+                break
+    loss.load_state_dict(best_state)
+    torch.manual_seed(seed + 1000)
+    test = score(inf_net, gen_model, x_test, args.n_is)
+    train = score(inf_net, gen_model, x_train, args.n_is)
+    stats = gradient_stats(loss, x_train[: args.batch_size], args.snr_draws)
+    return {
+        "model": model,
+        "estimator": name,
+        "seed": seed,
+        "evals": args.evals,
+        "n_samples": samples_for(name, args.evals),
+        "steps": step,
+        "best_step": best_step,
+        "valid_log_px": best,
+        "test_log_px": test,
+        "train_log_px": train,
+        "snr_q": stats["inf_net"].snr_norm,
+        "var_q": stats["inf_net"].total_variance,
+        "snr_p": stats["gen_model"].snr_norm,
+        "ms_step": 1000 * train_time / step,  # wall clock
+        "cpu_ms_step": 1000 * cpu_time / step,  # CPU time of this process (robust to other jobs)
+    }
+
+
+def _cell(values, digits=2) -> str:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | estimator | K | test log p(x) | train log p(x) | SNR q | Var q | best step | CPU ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    keys = []
+    for r in rows:
+        if (r["model"], r["estimator"]) not in keys:
+            keys.append((r["model"], r["estimator"]))
+    for model, name in keys:
+        group = [r for r in rows if r["model"] == model and r["estimator"] == name]
+        label = name + ("*" if name == "IWAE-DReG" else "")
+        lines.append(
+            f"| {model} | {label} | {group[0]['n_samples']} | {_cell([r['test_log_px'] for r in group])} "
+            f"| {_cell([r['train_log_px'] for r in group])} | {_cell([r['snr_q'] for r in group], 3)} "
+            f"| {_cell([r['var_q'] for r in group], 3)} | {_cell([r['best_step'] for r in group], 0)} "
+            f"| {_cell([r.get('cpu_ms_step', math.nan) for r in group], 1)} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40000, help="optimisation steps per estimator")
+    parser.add_argument("--steps", type=int, default=2000, help="most optimisation steps per run")
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between validations")
+    parser.add_argument("--patience", type=int, default=4, help="validations without improvement")
+    parser.add_argument("--evals", type=int, default=6, help="model evaluations per data point and step")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--z-dim", type=int, default=20)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--k", type=int, default=5, help="samples for VIMCO, RWS and IWAE-DReG")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--n-is", type=int, default=1000, help="importance samples for test log p(x)")
-    parser.add_argument("--snr-draws", type=int, default=200)
+    parser.add_argument("--valid-frac", type=float, default=0.1)
+    parser.add_argument("--n-is", type=int, default=1000, help="importance samples for test/train log p(x)")
+    parser.add_argument("--n-is-valid", type=int, default=100, help="importance samples for validation")
+    parser.add_argument("--snr-draws", type=int, default=100)
     parser.add_argument("--estimators", default=",".join(ESTIMATORS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (small models: 1 is fastest)"
-    )
+    parser.add_argument("--models", default="linear,nonlinear")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default=None, help="append one JSON line per run to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    x_train, x_test = load_digits_binary(args.seed)
-    x_dim = x_train.shape[1]
+    data = load_digits_binary(args.valid_frac)
     print(
-        f"digits: {x_train.shape[0]} train / {x_test.shape[0]} test images of {x_dim} binary pixels; "
-        f"{args.z_dim} latents, hidden {args.hidden}; {args.steps} steps of batch {args.batch_size}, "
-        f"Adam lr {args.lr}; torch {torch.__version__}, {args.threads} thread(s), "
-        f"{platform.processor() or 'cpu'}"
+        f"digits: {data[0].shape[0]} train / {data[1].shape[0]} valid / {data[2].shape[0]} test images; "
+        f"{args.z_dim} latents; E = {args.evals} evaluations per point and step; at most {args.steps} "
+        f"steps of batch {args.batch_size}, Adam lr {args.lr}, validation every {args.eval_every} steps "
+        f"(patience {args.patience}); torch {torch.__version__}, {args.threads} thread(s), "
+        f"{platform.processor() or 'cpu'}",
+        flush=True,
     )
-    snr_batch = x_train[: args.batch_size]
     rows = []
-    for name in args.estimators.split(","):
-        torch.manual_seed(args.seed)  # same initialisation and batch order for every estimator
-        inf_net, gen_model, loss = build(name, args, x_dim)
-        order = torch.Generator().manual_seed(args.seed)
-        opt = None
-        warmup = min(10, args.steps - 1)  # first calls (lazy initialisation) are not timed
-        for step in range(args.steps):
-            if step == warmup:
+    for model in args.models.split(","):
+        for name in args.estimators.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
                 start = time.perf_counter()
-            idx = torch.randint(0, x_train.shape[0], (args.batch_size,), generator=order)
-            value = loss(x_train[idx])
-            if opt is None:  # after the first call: NVIL creates its baseline network there
-                opt = torch.optim.Adam(loss.parameters(), lr=args.lr)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-        ms_step = 1000 * (time.perf_counter() - start) / (args.steps - warmup)
-        torch.manual_seed(args.seed + 1)
-        log_px = float(log_likelihood(inf_net, gen_model, x_test, n_samples=args.n_is).mean())
-        train_log_px = float(log_likelihood(inf_net, gen_model, x_train, n_samples=args.n_is).mean())
-        elbo = test_elbo(inf_net, gen_model, x_test)
-        stats = gradient_stats(loss, snr_batch, args.snr_draws)
-        rows.append(
-            (
-                name,
-                train_log_px,
-                log_px,
-                elbo,
-                stats["inf_net"].snr_norm,
-                stats["gen_model"].snr_norm,
-                ms_step,
-            )
-        )
-        print(f"  {name}: done in {ms_step * args.steps / 1000:.0f} s", flush=True)
-
-    header = (
-        f"| {'estimator':<10} | {'train log p(x)':>14} | {'test log p(x)':>13} | {'test ELBO':>9} "
-        f"| {'SNR q':>6} | {'SNR p':>6} | {'ms/step':>7} |"
-    )
-    print(
-        f"\nnats per image; log p(x) by importance sampling with S = {args.n_is}; "
-        "SNR = ||mean gradient|| / sqrt(trace of its covariance)"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for name, train_log_px, log_px, elbo, snr_q, snr_p, ms in rows:
-        label = name + ("*" if name == "IWAE-DReG" else "")
-        snr_q_s = f"{snr_q:6.3f}" if math.isfinite(snr_q) else f"{'n/a':>6}"
-        print(
-            f"| {label:<10} | {train_log_px:>14.2f} | {log_px:>13.2f} | {elbo:>9.2f} | {snr_q_s} "
-            f"| {snr_p:>6.3f} | {ms:>7.1f} |"
-        )
-    if "IWAE-DReG" in args.estimators:
-        print("* Gaussian latents (a reparametrizable q), same layer sizes: not the same model.")
+                row = run(name, model, seed, args, data)
+                row["wall_s"] = time.perf_counter() - start
+                rows.append(row)
+                print(
+                    f"  {model} {name} seed {seed}: test {row['test_log_px']:.2f}, best step "
+                    f"{row['best_step']}, {row['wall_s']:.0f} s",
+                    flush=True,
+                )
+                if args.out:
+                    with open(args.out, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+    print("\nnats per image; mean ± std over seeds; * Gaussian latents, not the same model")
+    print(table(rows))
 
 
 if __name__ == "__main__":

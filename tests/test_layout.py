@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "bbvae.models": 1,
     "bbvae.evaluation": 1,
     "bbvae.diagnostics": 1,
+    "bbvae.flows": 1,
     "bbvae.sequential": 2,
     "bbvae.losses": 3,
     "bbvae.data": 4,

@@ -17,7 +17,10 @@ default the training batch size), ``S`` samples each (``--num-samples``), ``P`` 
 ``L`` generated steps, it holds ``prefixes`` ``[B, P, *obs]`` (zeros past each prefix's length),
 ``prefix_lengths`` ``[B]``, ``samples`` ``[B, S, L, *obs]`` (float frames, or int64 symbols for
 text), ``latents`` ``[B, S, L, *latent]`` and, for text, ``vocabulary`` (the characters, index
-order). ``--prefix-length 0`` samples unconditionally (``P = 0``).
+order). ``--prefix-length 0`` samples unconditionally (``P = 0``). For speech it also writes
+``samples_wav/`` (``real{b}.wav``, the real utterances the prefixes come from, and
+``prefix{b}_sample{k}.wav`` of prefix + continuation, or ``sample{b}_{k}.wav``) and ``samples.png``
+(waveform and spectrogram of a sample next to a real utterance; needs matplotlib).
 
 Data (``--dataset-type``):
 
@@ -32,6 +35,12 @@ Data (``--dataset-type``):
   ``[T_i, D]`` tensors or ``[N, T, D]`` tensors) or an ``.npz`` with ``train``, ``valid``,
   ``test`` arrays ``[N, T, D]`` and optional ``train_lengths``... ``[N]``. ``--model ghmm`` needs
   this data type.
+* ``speech``: raw audio (``--dataset-path`` required): a folder of ``.wav`` files (split 80/10/10
+  by name), a folder with ``train/``, ``valid/``, ``test/`` sub-folders of them, or one with
+  ``train.npz``, ``valid.npz``, ``test.npz`` (the shared synthetic corpus). Frames of
+  ``--frame-size`` samples (200), normalised by the training mean and standard deviation; training
+  on chunks of ``--chunk-length`` frames, evaluation on whole utterances (:mod:`bbvae.data.audio`).
+  ``--observation normal`` or ``gmm`` (``--n-components``, 20) chooses the emission.
 
 Errors in the arguments (and missing files, or a logdir without a trained model) print one line
 ``bbvae: error: ...`` on stderr and exit with status 2. Ctrl-C (SIGINT) or SIGTERM during ``train``

@@ -13,7 +13,7 @@ PROG = "bbvae"
 CONFIG_FILE = "config.json"
 CONFIG_FORMAT = "bbvae.cli"
 SAMPLES_FILE = "samples.npz"
-DATASET_TYPES = ("pianoroll", "text", "synthetic")
+DATASET_TYPES = ("pianoroll", "text", "synthetic", "speech")
 SPLITS = ("train", "valid", "test")
 MIDI_STEP_SECONDS = 0.5
 # Steps when neither --max-steps nor --max-epochs is given: train until stopped, like the reference.
@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "latent_size": None,
     "hidden_size": None,
     "cell": "lstm",
+    "observation": "auto",
+    "n_components": 20,
+    "frame_size": 200,
+    "chunk_length": None,
     "proposal": "network",
     "num_samples": 4,
     "resampling": "multinomial",
@@ -48,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0,
     "ema_decay": None,
     "dropout": 0.0,
+    "scheduled_sampling": None,
     "eval_every": None,
     "patience": None,
     "log_every": 50,
@@ -62,6 +67,8 @@ ESTIMATOR_KEYS = {
     "latent_size": "latent_size",
     "hidden_size": "hidden_size",
     "cell": "cell",
+    "observation": "observation",
+    "n_components": "n_components",
     "proposal": "proposal",
     "num_samples": "n_samples",
     "resampling": "resampling",
@@ -80,6 +87,7 @@ ESTIMATOR_KEYS = {
     "warmup_steps": "warmup_steps",
     "ema_decay": "ema_decay",
     "dropout": "dropout",
+    "scheduled_sampling": "scheduled_sampling",
     "eval_every": "eval_every",
     "patience": "patience",
     "log_every": "log_every",
@@ -169,6 +177,13 @@ def check_settings(s: dict[str, Any]) -> None:
         )
     if s["dataset_type"] == "text" and not s["dataset_path"]:
         raise UsageError("--dataset-type text needs --dataset-path (a text file)")
+    if s["dataset_type"] == "speech" and not s["dataset_path"]:
+        raise UsageError(
+            "--dataset-type speech needs --dataset-path (a folder of .wav files, train/valid/test "
+            "sub-folders of them, or train/valid/test.npz as in the shared speech corpus)"
+        )
+    if s["dataset_type"] != "speech" and (s["frame_size"] != 200 or s["chunk_length"] is not None):
+        raise UsageError("--frame-size and --chunk-length belong to --dataset-type speech")
     if s["bound"] in ("vimco", "rws") and s["num_samples"] < 2:
         raise UsageError(f"--bound {s['bound']} needs --num-samples >= 2, got {s['num_samples']}")
     if s.get("lr_schedule") == "cosine" and s.get("max_steps") is None:
@@ -196,6 +211,13 @@ def load_data(s: dict[str, Any]):
     kind, path = s["dataset_type"], s["dataset_path"]
     if path is not None and not Path(path).exists():
         raise UsageError(f"--dataset-path: no such file: {path!r}")
+    if kind == "speech":
+        from bbvae.data import load_audio
+
+        if path is None or not Path(path).is_dir():
+            raise UsageError(f"--dataset-type speech: expected --dataset-path to be a folder, got {path!r}")
+        s = {**DEFAULTS, **s}
+        return load_audio(path, frame_size=s["frame_size"], chunk_length=s["chunk_length"])
     if path is not None and Path(path).is_dir():
         raise UsageError(f"--dataset-path: expected a file, got the directory {path!r}")
     if kind == "pianoroll":
@@ -227,6 +249,8 @@ def describe_data(s: dict[str, Any]) -> str:
         return f"{s['dataset_type']} data from {s['dataset_path']}"
     if s["dataset_type"] == "pianoroll":
         return "the embedded JSB chorales"
+    if s["dataset_type"] == "speech":
+        return "speech"
     return "generated Gaussian-HMM sequences (seed 0)"
 
 

@@ -119,8 +119,17 @@ def _samples(args, s, data, est, seqs, out: Path, name: str) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines), encoding="utf-8")
         return [path]
+    if s["dataset_type"] == "speech":  # waveform and spectrogram: the model's next to the truth
+        q = chosen[0]
+        model = torch.cat([q[:prefix], continued[0, 0]]) if cut else unconditional[0]
+        label = "model: " + ("prefix + continuation" if cut else "unconditional")
+        panels = [(label, data.to_waveform(model)), ("truth", data.to_waveform(q[: prefix + length]))]
+        title = f"{name}: {args.split} prefix of {prefix} frames, {length} generated"
+        seconds = prefix * data.frame_size / data.sample_rate if cut else 0.0
+        path = out / "samples.png"
+        return [plots.plot_audio(panels, data.sample_rate, path, title, prefix_seconds=seconds)]
     if s["dataset_type"] != "pianoroll":
-        print("samples: pictures are drawn for piano rolls and written for text; skipped for this data")
+        print("samples: drawn for piano rolls and speech, written for text; skipped for this data")
         return []
     panels = []
     for b, q in enumerate(chosen if cut else []):

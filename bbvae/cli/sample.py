@@ -42,8 +42,8 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     add_model_source(sm)
     sm.add_argument(
         "--out",
-        help="write the samples here instead of --logdir: a .mid file (piano rolls: every prefix and its "
-        "continuations one after another) or a .npz file (the arrays of samples.npz)",
+        help="write the samples here instead of --logdir: a .mid file (piano rolls) or a .wav file (speech): "
+        "every prefix and its continuations one after another; or a .npz file (the arrays of samples.npz)",
     )
 
 
@@ -54,10 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from bbvae.training import set_seed
 
     out = None if args.out is None else Path(args.out)
-    if out is not None and out.suffix not in (".mid", ".npz"):
-        raise UsageError(f"--out: expected a .mid or .npz file name, got {args.out!r}")
+    if out is not None and out.suffix not in (".mid", ".npz", ".wav"):
+        raise UsageError(f"--out: expected a .mid, .wav or .npz file name, got {args.out!r}")
     if out is not None and out.suffix == ".mid" and s_kind(args) != "pianoroll":
         raise UsageError("--out FILE.mid needs a piano-roll model")
+    if out is not None and out.suffix == ".wav" and s_kind(args) != "speech":
+        raise UsageError("--out FILE.wav needs a speech model (--dataset-type speech)")
     if out is None and args.logdir is None and args.pretrained is not None:
         raise UsageError("--pretrained: give --out FILE.mid or FILE.npz (or --logdir DIR) for the samples")
     s, data, est, logdir = load_trained(args)
@@ -86,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     vocabulary = getattr(data, "vocabulary", None)
     if vocabulary is not None:
         arrays["vocabulary"] = np.array(vocabulary.chars)
+    if out is not None and out.suffix == ".wav":
+        from bbvae.cli.audio_files import write_one_wav
+
+        write_one_wav(out, data, prefixes, prefix_lengths, samples)
+        print(f"{len(seqs)} prefix group(s), {n} samples of {length} steps each: {out}")
+        return 0
     if out is not None:
         return _write_out(out, arrays, prefixes, prefix_lengths, samples, len(seqs), n, length)
     path = logdir / SAMPLES_FILE
@@ -93,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
     written = [str(path)]
     if vocabulary is not None:
         written.append(str(_write_text(logdir, vocabulary, prefixes, prefix_lengths, samples)))
+    elif s["dataset_type"] == "speech":
+        from bbvae.cli.audio_files import write_audio_samples
+
+        paths = write_audio_samples(logdir, data, seqs, prefixes, prefix_lengths, samples)
+        written += [str(p) for p in paths]
     elif s["dataset_type"] == "pianoroll":
         folder = _write_midi(logdir, prefixes, prefix_lengths, samples)
         if folder is not None:

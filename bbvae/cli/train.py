@@ -31,17 +31,32 @@ from bbvae.cli.common import (
 non_negative_float = number_type(float, lambda v: v >= 0 and v != float("inf"), "a number >= 0")
 open_unit_float = number_type(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 dropout_float = number_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+
+
+def scheduled_sampling_spec(text: str) -> str:
+    """An argparse type: a scheduled-sampling spec (kept as text, checked here)."""
+    from bbvae.sequential.scheduled import parse_scheduled_sampling
+
+    flag = "--scheduled-sampling"
+    try:
+        parse_scheduled_sampling(text, flag, flag)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
+    return text
+
+
 # Settings that fix the model, the data order or the optimizer: a resumed run must keep them.
 FIXED_ON_RESUME = (
     "dataset_type", "dataset_path", "max_length", "model", "bound", "latent_size", "hidden_size", "cell",
-    "proposal", "batch_size", "optimizer", "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
+    "observation", "n_components", "frame_size", "chunk_length", "proposal", "batch_size", "optimizer",
+    "weight_decay", "lr_schedule", "lr_factor", "lr_patience",
     "warmup_steps", "ema_decay", "seed",
 )  # fmt: skip
 
 
 def add_parser(commands, common: argparse.ArgumentParser) -> None:
     """Add the ``train`` command (its options default to None: unset ones come from the config)."""
-    from bbvae.sequential.estimator_build import BOUNDS, MODELS
+    from bbvae.sequential.estimator_build import BOUNDS, MODELS, OBSERVATIONS
 
     train = commands.add_parser(
         "train",
@@ -57,6 +72,22 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--hidden-size", type=positive_int, help="recurrent state size (default latent size)")
     train.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (default lstm)")
+    train.add_argument(
+        "--observation",
+        choices=OBSERVATIONS,
+        help="emission family (default auto: categorical for text, bernoulli for 0/1 data, else normal; "
+        "gmm: a mixture of --n-components diagonal Gaussians)",
+    )
+    train.add_argument("--n-components", type=positive_int, help="--observation gmm: components (20)")
+    train.add_argument(
+        "--frame-size", type=positive_int, help="speech: samples per frame, the size of x_t (default 200)"
+    )
+    train.add_argument(
+        "--chunk-length",
+        type=positive_int,
+        help="speech: train on chunks of N frames cut from the training utterances (default: whole "
+        "utterances); valid/test are scored whole",
+    )
     train.add_argument(
         "--proposal", choices=("network", "prior", "optimal"), help="ghmm proposal (default network)"
     )
@@ -121,6 +152,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "--dropout",
         type=dropout_float,
         help="dropout on MLP hidden layers and recurrent inputs while training (default 0)",
+    )
+    train.add_argument(
+        "--scheduled-sampling",
+        type=scheduled_sampling_spec,
+        metavar="SCHEDULE:K=V,...",
+        help="feed the model's own samples back while training (Bengio et al. 2015), e.g. "
+        "inverse_sigmoid:k=1000, linear:k=1e-4,eps_min=0.1, exponential:k=0.999 (default: teacher forcing)",
     )
     train.add_argument(
         "--eval-every", type=positive_int, help="validate on the valid split every N steps (keeps best.pt)"

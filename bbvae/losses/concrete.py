@@ -170,6 +170,14 @@ class Concrete(Loss):
     same kind and event shape as q, with batch shape broadcasting to ``[batch, n_samples]``;
     its likelihood is what it computes from the relaxed ``z``.
 
+    A generative model **without** ``prior()`` (one that writes only ``log_prob(x, z)``, the
+    black-box case) is scored by its own ``log_prob`` at the relaxed ``z``, against q's log-mass
+    written linearly in ``z`` (``z log q + (1 - z) log(1 - q)``; ``sum z log pi``), as Jang et al.
+    (2017) do: ``E[log p(x, z~) - log q(z~|x)]`` with discrete-form densities. Unlike the relaxed
+    ELBO of Maddison et al. used when ``prior()`` exists, this surrogate is not a bound of a relaxed
+    model; both tend to the discrete ELBO as ``tau -> 0``, and the reported value is always the
+    discrete ELBO. ``log_prob`` must then accept relaxed ``z`` (and be differentiable in it).
+
     Args:
         inf_net: q(z|x), whose ``distribution()`` is a ``Bernoulli`` or ``OneHotCategorical``,
             optionally wrapped in ``Independent`` (anything else raises TypeError); its first
@@ -262,8 +270,7 @@ class Concrete(Loss):
         if self.straight_through:
             z = z_hard + (z_soft - z_soft.detach())  # value: hard; gradient: relaxed
             p = self.gen_model(x, z)
-            p_logits = self._prior_logits(p, kind, latent_shape, sample_shape)
-            log_p = p.log_likelihood(x, z) + _sum_event(kind, discrete_log_prob(kind, p_logits, z), n_dims)
+            log_p = self._discrete_log_joint(p, x, z, kind, latent_shape, sample_shape)
             log_q = _sum_event(kind, discrete_log_prob(kind, logits, z), n_dims)
             log_w = self.record(log_p, log_q)  # [batch, K]
             objective = log_w.mean(dim=1)
@@ -272,36 +279,46 @@ class Concrete(Loss):
             # Reported value: the discrete ELBO at the hard samples (no gradient needed).
             with torch.no_grad():
                 p = self.gen_model(x, z_hard)
-                p_logits = self._prior_logits(p, kind, latent_shape, sample_shape)
-                log_p_hard = p.log_likelihood(x, z_hard) + _sum_event(
-                    kind, discrete_log_prob(kind, p_logits, z_hard), n_dims
-                )
+                log_p_hard = self._discrete_log_joint(p, x, z_hard, kind, latent_shape, sample_shape)
                 log_q_hard = _sum_event(kind, discrete_log_prob(kind, logits, z_hard), n_dims)
             bound = self.record(log_p_hard, log_q_hard).mean(dim=1)
             # Training surrogate: the relaxed ELBO at the relaxed samples.
             z = z_soft
             p = self.gen_model(x, z)
             p_logits = self._prior_logits(p, kind, latent_shape, sample_shape)
-            log_q = _sum_event(kind, relaxed_log_prob(kind, logits, y, tau), n_dims)
-            log_prior = _sum_event(kind, relaxed_log_prob(kind, p_logits, y, tau), n_dims)
-            log_w = p.log_likelihood(x, z) + log_prior - log_q
+            if p_logits is None:
+                # No prior(): the user's log p(x, z) at the relaxed sample against q's log-mass
+                # written linearly in z (Jang et al. 2017), not a density ratio of relaxations.
+                log_q = _sum_event(kind, discrete_log_prob(kind, logits, z), n_dims)
+                log_w = p.log_prob(x, z) - log_q
+            else:
+                log_q = _sum_event(kind, relaxed_log_prob(kind, logits, y, tau), n_dims)
+                log_prior = _sum_event(kind, relaxed_log_prob(kind, p_logits, y, tau), n_dims)
+                log_w = p.log_likelihood(x, z) + log_prior - log_q
             check_no_nan("the relaxed log-weight log p(x, z~) - log q(z~|x)", log_w, name)
             objective = log_w.mean(dim=1)
         self.z_ = z.detach()
         self.relaxed_bound_ = objective.detach()
         return bound, objective
 
+    def _discrete_log_joint(self, p: GenModel, x, z, kind: str, latent_shape, sample_shape) -> torch.Tensor:
+        """log p(x, z) ``[batch, K]`` with the prior's log-mass linear in ``z`` (the model's own
+        ``log_prob`` when it has no ``prior()``)."""
+        p_logits = self._prior_logits(p, kind, latent_shape, sample_shape)
+        if p_logits is None:
+            return p.log_prob(x, z)
+        n_dims = len(latent_shape)
+        return p.log_likelihood(x, z) + _sum_event(kind, discrete_log_prob(kind, p_logits, z), n_dims)
+
     def _prior_logits(
         self, p: GenModel, kind: str, latent_shape: tuple[int, ...], sample_shape
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
+        """The prior's logits broadcast to ``sample_shape``; ``None`` when ``p`` has no ``prior()``."""
         name = type(self).__name__
         try:
             prior = p.prior()
         except NotImplementedError:
-            raise TypeError(
-                f"{name}: {type(p).__name__} has no prior(); the relaxed prior needs p(z) as a torch "
-                "Bernoulli or OneHotCategorical (optionally Independent) from gen_model.prior()"
-            ) from None
+            return None
         prior_kind, logits, event_shape = _discrete_logits(prior, "the prior", f"{name}: gen_model.prior()")
         if prior_kind != kind:
             raise TypeError(

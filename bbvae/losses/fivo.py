@@ -6,12 +6,16 @@ import torch
 
 from bbvae._validation import check_no_nan
 from bbvae.base import GenModel, InfNet
-from bbvae.losses.base import Loss
+from bbvae.losses.base import Loss, log_mean_exp
+from bbvae.losses.vimco import leave_one_out_bounds
 from bbvae.sequential.base import length_mask
 from bbvae.sequential.smc import GRADIENTS, get_resampling, multinomial_resampling, smc
 from bbvae.sequential.views import get_sequential_model
 
 _NORMALIZE = ("sequence", "length")
+_PROPOSAL_GRADIENTS = ("unbiased", "segment")
+#: Decay of the running mean of log Z-hat per step (the proposals' baseline without rsample).
+_SCORE_DECAY = 0.9
 
 
 class FIVO(Loss):
@@ -37,6 +41,19 @@ class FIVO(Loss):
             the loss differentiates its log).
         normalize: ``"sequence"`` (default: the bound in nats per sequence) or ``"length"`` (each
             sequence's bound divided by its length, as the FIVO reference's training loss).
+        proposal_gradient: for latents without rsample (below): ``"unbiased"`` (default) or
+            ``"segment"`` (VIMCO's leave-one-out signal within each segment between resamplings,
+            see ``_segment_score``: biased, much lower variance on long sequences; K >= 2).
+
+    **Latents that cannot be reparametrized** (``model.has_rsample`` false, e.g. ``DiscreteHMM``):
+    the proposals are drawn with ``sample`` and the gradient adds their score-function term,
+    ``sum_t signal_t * sum_k grad log q(z_t^k | past, x)``, whose signal is the detached log Z-hat
+    minus a baseline that does not depend on step ``t``'s draws (the log Z increments of earlier
+    resampling steps plus a running mean of log Z-hat per step times the steps left; see
+    ``_proposal_score``). The generative model keeps its pathwise gradient at the drawn particles.
+    With ``gradient="score"`` (multinomial resampling) or ``ess_threshold=0`` (no resampling) the
+    estimator is unbiased for the gradient of ``E[log Z-hat]``; with ``"none"`` it carries FIVO's
+    usual bias from the resampling decisions.
 
     Attributes:
         loss_history_ (list[float]): negative bound of every call (batch mean).
@@ -49,6 +66,8 @@ class FIVO(Loss):
         ess_ (Tensor): ``[batch]`` mean ESS before resampling over each sequence's valid steps.
         resampling_rate_ (Tensor): scalar, the fraction of valid steps (before each sequence's last)
             at which the particles were resampled.
+        proposal_signal_ (Tensor): the proposals' learning signal of the last call (latents without
+            rsample only), detached: ``[batch, T]`` (``"unbiased"``) or ``[batch, T, K]`` (``"segment"``).
     """
 
     def __init__(
@@ -60,6 +79,7 @@ class FIVO(Loss):
         ess_threshold: float = 0.5,
         gradient: str = "none",
         normalize: str = "sequence",
+        proposal_gradient: str = "unbiased",
     ) -> None:
         super().__init__(inf_net, gen_model, n_particles)
         get_sequential_model(inf_net, gen_model, "FIVO")
@@ -70,6 +90,15 @@ class FIVO(Loss):
             raise ValueError(
                 f"FIVO: gradient='score' needs multinomial resampling (got {resampling!r}); "
                 "use gradient='stop_gradient' for systematic or stratified resampling"
+            )
+        if proposal_gradient not in _PROPOSAL_GRADIENTS:
+            raise ValueError(
+                f"FIVO: expected proposal_gradient in {_PROPOSAL_GRADIENTS}, got {proposal_gradient!r}"
+            )
+        if proposal_gradient == "segment" and isinstance(n_particles, int) and n_particles < 2:
+            raise ValueError(
+                "FIVO: proposal_gradient='segment' compares each particle with the others; "
+                f"expected n_particles >= 2, got {n_particles}"
             )
         if normalize not in _NORMALIZE:
             raise ValueError(f"FIVO: expected normalize in {_NORMALIZE}, got {normalize!r}")
@@ -84,16 +113,16 @@ class FIVO(Loss):
         self.ess_threshold = ess_threshold
         self.gradient = gradient
         self.normalize = normalize
+        self.proposal_gradient = proposal_gradient
+        # Running mean of log Z-hat per valid step (bias-corrected), the proposals' baseline rate
+        # for latents that cannot be reparametrized.
+        self.register_buffer("score_rate", torch.zeros(()))
+        self.register_buffer("score_rate_weight", torch.zeros(()))
 
     def estimate(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model = get_sequential_model(self.inf_net, self.gen_model, "FIVO")
-        if not model.has_rsample:
-            raise TypeError(
-                f"FIVO: {type(model).__name__} has latents that cannot be reparametrized, and FIVO's "
-                "gradient is pathwise; use VIMCO or RWS to train it (smc() still evaluates the bound)"
-            )
         # smc checks x, lengths and inputs (once: FIVO does not check them again).
         result = smc(
             model,
@@ -117,6 +146,11 @@ class FIVO(Loss):
             objective = objective + (signal * result.ancestor_log_prob).sum(dim=1)
         n_steps = x.shape[1]
         valid = None if lengths is None else length_mask(lengths, n_steps, result.ess.device)  # [batch, T]
+        if not model.has_rsample:
+            if self.proposal_gradient == "segment":
+                objective = objective + self._segment_score(result, valid)
+            else:
+                objective = objective + self._proposal_score(result, valid, n_steps)
         self._store_diagnostics(result, valid, n_steps)
         self.log_z_ = log_z.detach()
         bound = log_z.detach()
@@ -128,6 +162,67 @@ class FIVO(Loss):
             )
             bound, objective = bound / length, objective / length
         return bound, objective
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the proposals' baseline existed resume with it at its start.
+        for name in ("score_rate", "score_rate_weight"):
+            state_dict.setdefault(prefix + name, torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _proposal_score(self, result, valid: torch.Tensor | None, n_steps: int) -> torch.Tensor:
+        """REINFORCE term of the proposals ``[batch]``, for latents that cannot be reparametrized.
+
+        The proposals of step ``t`` get the learning signal ``log Z-hat - past_t - m * r_t``: from
+        the detached log Z-hat are subtracted the log Z increments of the resampling steps before
+        ``t`` (fixed before the proposals are drawn) and the expected rest, ``r_t`` valid steps from
+        ``t`` on times ``m``, a running mean over earlier calls of log Z-hat per valid step (zero at
+        the first call). Neither depends on step ``t``'s draws, so the term is unbiased.
+        """
+        log_z = result.log_z.detach()
+        increments = result.log_z_increments.detach()  # [batch, T]
+        past = torch.cumsum(increments, dim=1) - increments  # before step t's proposals
+        steps = torch.ones_like(increments) if valid is None else valid.to(increments.dtype)
+        remaining = torch.flip(torch.cumsum(torch.flip(steps, (1,)), dim=1), (1,))  # valid steps from t on
+        weight = self.score_rate_weight.to(log_z)
+        rate = torch.where(weight > 0, self.score_rate.to(log_z) / weight.clamp_min(1e-12), 0.0)
+        signal = log_z.unsqueeze(1) - past - rate * remaining
+        finite = torch.isfinite(log_z)
+        signal = torch.where(finite.unsqueeze(1), signal, 0.0) * steps
+        if self.training:
+            per_step = torch.where(finite, log_z / steps.sum(dim=1), 0.0)
+            n_finite = finite.sum()
+            batch_rate = per_step.sum() / n_finite.clamp_min(1).to(log_z.dtype)
+            d = torch.where(n_finite > 0, log_z.new_tensor(_SCORE_DECAY), 1.0)
+            self.score_rate = d * self.score_rate.to(log_z) + (1 - d) * batch_rate
+            self.score_rate_weight = d * weight + (1 - d)
+        self.proposal_signal_ = signal
+        return (signal * result.proposal_log_prob.sum(dim=2)).sum(dim=1)
+
+    def _segment_score(self, result, valid: torch.Tensor | None) -> torch.Tensor:
+        """VIMCO's leave-one-out signal per particle and segment: the REINFORCE term ``[batch]``.
+
+        A segment is the run of steps up to the next resampling (or the sequence's last step). The
+        proposal of particle ``k`` at step ``t`` gets ``L - L_{-k}``, the segment's log-mean weight
+        minus the same with particle ``k``'s weight replaced by the geometric mean of the others'
+        (:func:`~bbvae.losses.vimco.leave_one_out_bounds`). Its effect on later segments, through
+        resampling, is left out: biased, like ``gradient="none"``, and far less noisy on long sequences.
+        """
+        log_w = result.step_log_weights  # [batch, T, K]
+        batch, n_steps, k = log_w.shape
+        steps = torch.arange(n_steps, device=log_w.device).expand(batch, n_steps)
+        last = steps[:, -1] if valid is None else valid.sum(dim=1) - 1  # [batch]
+        ends = result.resampled | (steps == last.unsqueeze(1))
+        end_index = torch.where(ends, steps, n_steps)
+        segment_end = torch.flip(torch.cummin(torch.flip(end_index, (1,)), dim=1).values, (1,))
+        segment_end = segment_end.clamp(max=n_steps - 1)  # [batch, T]: the step that closes t's segment
+        w_end = torch.gather(log_w, 1, segment_end.unsqueeze(-1).expand(batch, n_steps, k)).reshape(-1, k)
+        loo = leave_one_out_bounds(w_end)
+        signal = log_mean_exp(w_end).unsqueeze(1) - torch.where(torch.isneginf(loo), 0.0, loo)
+        signal = torch.where(torch.isfinite(signal), signal, 0.0).reshape(batch, n_steps, k)
+        if valid is not None:
+            signal = signal * valid.unsqueeze(-1).to(signal.dtype)
+        self.proposal_signal_ = signal
+        return (signal * result.proposal_log_prob).sum(dim=(1, 2))
 
     def _store_diagnostics(self, result, valid: torch.Tensor | None, n_steps: int) -> None:
         self.log_p_ = result.log_p.detach()

@@ -16,6 +16,7 @@ from bbvae.sequential.discrete_hmm import DiscreteHMM
 from bbvae.sequential.evaluate import evaluate
 from bbvae.sequential.ghmm import GaussianHMM
 from bbvae.sequential.independent import IndependentVAE
+from bbvae.sequential.mixture import GaussianMixtureObservation
 from bbvae.sequential.observations import (
     BernoulliObservation,
     CategoricalObservation,
@@ -25,6 +26,7 @@ from bbvae.sequential.observations import (
 )
 from bbvae.sequential.rnn import RNN
 from bbvae.sequential.sampling import filter_prefix, sample_continuations, sample_sequences
+from bbvae.sequential.scheduled import ScheduledSampling, set_scheduled_sampling
 from bbvae.sequential.smc import (
     SMCResult,
     multinomial_resampling,
@@ -55,11 +57,13 @@ __all__ = [
     "CategoricalObservation",
     "DiscreteHMM",
     "GaussianHMM",
+    "GaussianMixtureObservation",
     "IndependentVAE",
     "NormalObservation",
     "Observation",
     "ParticleRun",
     "SMCResult",
+    "ScheduledSampling",
     "SequenceModel",
     "SequentialGenModel",
     "SequentialInfNet",
@@ -73,6 +77,7 @@ __all__ = [
     "run_particles",
     "sample_continuations",
     "sample_sequences",
+    "set_scheduled_sampling",
     "smc",
     "stratified_resampling",
     "systematic_resampling",

@@ -8,7 +8,8 @@ sequences and ``sample_continuations(prefixes, ...)`` continues given beginnings
 
 Data ``X`` may be
 
-* a :class:`~bbvae.data.PianoRollData`, :class:`~bbvae.data.TextData` or
+* a :class:`~bbvae.data.PianoRollData`, :class:`~bbvae.data.TextData`,
+  :class:`~bbvae.data.AudioData` (raw audio frames; its training chunks) or
   :class:`~bbvae.data.SyntheticData` (``fit`` uses the ``"train"`` split, and ``"valid"`` for
   validation when ``eval_every`` or ``patience`` is set; ``score`` takes a ``split``, by default
   ``"test"``); text is cut into pieces of ``max_length`` characters (100 by default);
@@ -97,7 +98,10 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         n_samples: samples / particles per sequence in the training bound (K).
         cell: ``"lstm"`` or ``"gru"``.
         observation: ``"auto"`` (integer symbols: ``"categorical"``; 0/1 floats:
-            ``"bernoulli"``; other floats: ``"normal"``), or one of those names.
+            ``"bernoulli"``; other floats: ``"normal"``), or one of those names, or ``"gmm"``
+            (real frames: a mixture of ``n_components`` diagonal Gaussians, see
+            :class:`~bbvae.sequential.GaussianMixtureObservation`).
+        n_components: mixture components of ``observation="gmm"`` (the VRNN paper's 20).
         proposal: the GaussianHMM's proposal (``"network"``, ``"prior"``, ``"optimal"``).
         resampling: ``"multinomial"``, ``"systematic"`` or ``"stratified"`` (FIVO and its score).
         ess_threshold: FIVO resamples where ESS < ``ess_threshold * K``.
@@ -120,6 +124,11 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
             0.999); validation, model selection and the fitted model use the average.
         dropout: dropout of the built-in neural models (MLP hidden layers and recurrent inputs;
             training only, see :class:`~bbvae.sequential.VRNN`).
+        scheduled_sampling: feed the model's own samples back while training (Bengio et al.
+            2015; :mod:`bbvae.sequential.scheduled`): ``"inverse_sigmoid:k=1000"``,
+            ``"linear:k=1e-4,eps_min=0.1"``, ``"exponential:k=0.999"``, a dict such as
+            ``{"schedule": "inverse_sigmoid", "k": 1000}``, or None (teacher forcing). A biased
+            training signal, not a bound; validation and ``score`` stay teacher-forced.
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
         length_bucketing: batch sequences of similar length (pools of this many batches sorted by
@@ -174,6 +183,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         n_samples: int = 4,
         cell: str = "lstm",
         observation: str = "auto",
+        n_components: int = 20,
         proposal: str = "network",
         resampling: str = "multinomial",
         ess_threshold: float = 0.5,
@@ -190,6 +200,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         dropout: float = 0.0,
+        scheduled_sampling: str | dict | None = None,
         max_length: int | None = None,
         length_bucketing: int | None = None,
         eval_bound: str | None = None,
@@ -212,6 +223,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.n_samples = n_samples
         self.cell = cell
         self.observation = observation
+        self.n_components = n_components
         self.proposal = proposal
         self.resampling = resampling
         self.ess_threshold = ess_threshold
@@ -228,6 +240,7 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.warmup_steps = warmup_steps
         self.ema_decay = ema_decay
         self.dropout = dropout
+        self.scheduled_sampling = scheduled_sampling
         self.max_length = max_length
         self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound

@@ -19,6 +19,7 @@ from bbvae.losses.per_step import PerStep
 from bbvae.sequential.base import SequentialModel
 from bbvae.sequential.bounds import EVAL_BOUNDS
 from bbvae.sequential.estimator_data import DataInfo, data_info, is_binary, to_sequences
+from bbvae.sequential.scheduled import parse_scheduled_sampling
 from bbvae.training.rng import set_seed
 
 __all__ = ["BOUNDS", "MODELS", "OBSERVATIONS", "SequenceModelBuilder"]
@@ -27,7 +28,7 @@ __all__ = ["BOUNDS", "MODELS", "OBSERVATIONS", "SequenceModelBuilder"]
 MODELS = ("vrnn", "srnn", "rnn", "independent", "ghmm")
 #: Training objectives of :class:`~bbvae.sequential.SequenceModel`.
 BOUNDS = ("elbo", "iwae", "fivo", "vimco", "nvil", "rws")
-OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical")
+OBSERVATIONS = ("auto", "bernoulli", "normal", "categorical", "gmm")
 _NORMALIZE = ("length", "sequence")
 _RESAMPLING = ("multinomial", "systematic", "stratified")
 _DEFAULT_LATENT = 64
@@ -53,6 +54,7 @@ class SequenceModelBuilder:
             raise ValueError(f"{where}: bound={self.bound!r} needs n_samples >= 2, got {self.n_samples}")
         check_choice("cell", self.cell, ("lstm", "gru"), where)
         check_choice("observation", self.observation, OBSERVATIONS, where)
+        check_int("n_components", self.n_components, where)
         check_choice("proposal", self.proposal, ("network", "prior", "optimal"), where)
         check_choice("resampling", self.resampling, _RESAMPLING, where)
         check_float("ess_threshold", self.ess_threshold, where, strict=False)
@@ -82,6 +84,19 @@ class SequenceModelBuilder:
         check_int("log_every", self.log_every, where)
         check_int("checkpoint_every", self.checkpoint_every, where)
         check_random_state(self.random_state, where)
+        parse_scheduled_sampling(self.scheduled_sampling, where)
+        if self.scheduled_sampling is not None:
+            feeds_back = (
+                callable(getattr(self.model, "set_scheduled_sampling", None))
+                if isinstance(self.model, SequentialModel)
+                else self.model != "ghmm"
+            )
+            if not feeds_back:
+                name = self.model if isinstance(self.model, str) else type(self.model).__name__
+                raise ValueError(
+                    f"{where}: scheduled_sampling needs a model that feeds its observations back "
+                    f"('vrnn', 'srnn', 'rnn', 'independent'), got model={name!r}"
+                )
         if self.model == "ghmm" and self.observation not in ("auto", "normal"):
             raise ValueError(
                 f"{where}: model='ghmm' has Gaussian observations, got observation={self.observation!r}"
@@ -125,6 +140,8 @@ class SequenceModelBuilder:
 
         if isinstance(self.model, SequentialModel):
             model = copy.deepcopy(self.model)
+            if self.scheduled_sampling is not None:
+                model.set_scheduled_sampling(self.scheduled_sampling)
             return model.to(device) if device is not None else model
         dim = info.n_categories if observation == "categorical" else info.obs_shape[0]
         if self.model == "ghmm":
@@ -133,7 +150,12 @@ class SequenceModelBuilder:
         latent = self.latent_size or _DEFAULT_LATENT
         dtype = torch.get_default_dtype()
         x_mean = info.mean.to(dtype) if observation != "categorical" else None
-        common = dict(cell=self.cell, observation=observation, x_mean=x_mean, dropout=self.dropout)
+        family = observation
+        if observation == "gmm":
+            from bbvae.sequential.mixture import GaussianMixtureObservation
+
+            family = GaussianMixtureObservation(dim, self.n_components)
+        common = dict(cell=self.cell, observation=family, x_mean=x_mean, dropout=self.dropout)
         if self.model == "rnn":
             model = RNN(dim, hidden_size=self.hidden_size or latent, **common)
         else:
@@ -141,6 +163,8 @@ class SequenceModelBuilder:
             model = cls(dim, latent_size=latent, hidden_size=self.hidden_size, **common)
         # The FIVO initialisation: the emission starts at the training mean (Bernoulli: logit(mean)).
         model.init_output_bias(info.mean.to(dtype))
+        if self.scheduled_sampling is not None:
+            model.set_scheduled_sampling(self.scheduled_sampling)
         return model.to(device) if device is not None else model
 
     def _build_loss(self, model: SequentialModel) -> Loss:

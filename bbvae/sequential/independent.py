@@ -98,6 +98,16 @@ class IndependentVAE(NeuralSequentialModel):
         """Per-step items ``{"x", "ctx", "q_loc", "q_scale"}``, all computed once per sequence."""
         x, inputs = self.prepare(x, lengths, inputs)
         xf = self.x_features(x)  # [batch, T, encoded]
+        feedback = self.feedback(x)
+        if feedback is not None:
+            # Scheduled sampling: the recurrence (so c_t and q) runs per step and particle in step(),
+            # fed x_t or the model's own draw; q still sees the true x_t through its projection qx.
+            qx = self.proposal.project(1, xf)  # [batch, T, first proposal layer]
+            us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
+            return [
+                {"x": x_t, "qx": qx_t, "u": u_t, "truth": m_t}
+                for x_t, qx_t, u_t, m_t in zip(x.unbind(1), qx.unbind(1), us, feedback)
+            ]
         ctx = causal_context(self.rnn, self.recurrent_input(xf), inputs)  # [batch, T, hidden + input]
         q_loc, q_scale = self.proposal.gaussian(ctx, xf)  # [batch, T, latent] each
         return [
@@ -106,10 +116,17 @@ class IndependentVAE(NeuralSequentialModel):
         ]
 
     def init_state(self, encoded, n_particles: int) -> dict:
+        if "truth" in encoded[0]:  # scheduled sampling: the recurrence of every particle
+            x0 = encoded[0]["x"]
+            state = zero_rnn_state(self.cell_type, self._like(x0), x0.shape[0], n_particles, self.hidden_size)
+            state["z"] = state["h"].new_zeros(x0.shape[0], n_particles, self.latent_size)
+            return state
         like = encoded[0]["q_loc"]
         return {"z": like.new_zeros(like.shape[0], n_particles, self.latent_size)}
 
     def step(self, state: dict, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True):
+        if "truth" in encoded_t:
+            return self._scheduled_step(state, encoded_t, z, reparametrize)
         batch, k, _ = state["z"].shape
         q_loc = encoded_t["q_loc"].unsqueeze(1).expand(batch, k, -1)
         q_scale = encoded_t["q_scale"].unsqueeze(1).expand(batch, k, -1)
@@ -121,6 +138,30 @@ class IndependentVAE(NeuralSequentialModel):
         log_p = standard_normal_log_prob(z) + log_px
         log_q = normal_log_prob(z, q_loc, q_scale)
         return StepOutput({"z": z}, z, log_p, log_q)
+
+    def _scheduled_step(self, state: dict, encoded_t: dict, z, reparametrize: bool) -> StepOutput:
+        """A step whose context ``c_t = [h_{t-1}, u_t]`` comes from the fed-back observations."""
+        h = state["h"]  # [batch, K, hidden]
+        batch, k, _ = h.shape
+        u = encoded_t["u"]
+        u = u.unsqueeze(1).to(h.dtype).expand(batch, k, -1) if u is not None else None
+        ctx = h if u is None else torch.cat([h, u], dim=-1)
+        q_pre = self.proposal.project(0, ctx) + encoded_t["qx"].unsqueeze(1)
+        q_loc, q_scale = self.proposal.params(self.proposal.finish(q_pre))
+        if z is None:
+            z = draw_normal(q_loc, q_scale, reparametrize and self.has_rsample)
+        params = self.decoder(torch.cat([ctx, z], dim=-1))
+        log_px = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
+        log_p = standard_normal_log_prob(z) + log_px
+        log_q = normal_log_prob(z, q_loc, q_scale)
+        with torch.no_grad():  # the model's own x_t: z'_t ~ N(0, I), x_t from the emission
+            z_prior = torch.randn_like(z)
+            sample = self.observation.sample(self.decoder(torch.cat([ctx, z_prior], dim=-1)))
+        xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
+        recurrent = {key: value for key, value in state.items() if key != "z"}
+        new_state = step_rnn(self.rnn, xf if u is None else torch.cat([xf, u], dim=-1), recurrent)
+        new_state["z"] = z
+        return StepOutput(new_state, z, log_p, log_q)
 
     # ----------------------------------------------------------------------- generation
     def generate_init(self, batch_size: int, n_samples: int, like: torch.Tensor) -> dict:

@@ -56,6 +56,7 @@ from bbvae.sequential.recurrences import (
     step_rnn,
     zero_rnn_state,
 )
+from bbvae.sequential.scheduled import feedback_masks, mix_feedback, parse_scheduled_sampling
 
 __all__ = [
     "MIN_SCALE",
@@ -269,6 +270,31 @@ class NeuralSequentialModel(SequentialModel):
                 )
             x_mean = x_mean.detach().clone()
         self.register_buffer("x_mean", x_mean)
+
+    # ------------------------------------------------------------------ scheduled sampling
+    def set_scheduled_sampling(self, spec) -> NeuralSequentialModel:
+        """Feed back the model's own samples while training (:mod:`bbvae.sequential.scheduled`).
+
+        ``spec``: ``"inverse_sigmoid:k=1000"``, a dict, a
+        :class:`~bbvae.sequential.scheduled.ScheduledSampling`, or ``None`` (off: teacher forcing).
+        The schedule becomes the submodule ``scheduled_sampling``. Returns the model.
+        """
+        schedule = parse_scheduled_sampling(spec, f"{type(self).__name__}.set_scheduled_sampling")
+        if schedule is None:
+            self._modules.pop("scheduled_sampling", None)
+        else:
+            self.scheduled_sampling = schedule
+        return self
+
+    def feedback(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """This pass's feedback decisions, ``T`` tensors ``[batch]`` bool (True: the ground truth), or
+        ``None`` for a teacher-forced pass (see :func:`~bbvae.sequential.scheduled.feedback_masks`)."""
+        return feedback_masks(self, x.shape[0], x.shape[1], x.device)
+
+    def fed_features(self, truth: torch.Tensor, x_t: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """Features ``[batch, K, encoded]`` of the fed-back observation: ``x_t`` ``[batch, *obs]``
+        where ``truth`` ``[batch]``, else the model's own ``sample`` ``[batch, K, *obs]``."""
+        return self.x_features(mix_feedback(truth, x_t, sample))
 
     # ------------------------------------------------------------------------- helpers
     def recurrent_input(self, inp: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,10 @@
 An :class:`Observation` turns the decoder's output ``params`` ``[..., param_size]`` into
 ``p(x_t | params)`` and turns ``x_t`` into a float feature vector for the encoder. Shipped:
 :class:`BernoulliObservation` (binary vectors, e.g. 88-key piano rolls), :class:`NormalObservation`
-(real vectors, mean and learned scale predicted by the decoder) and :class:`CategoricalObservation`
-(one symbol per step, ``x`` long ``[batch, T]``, embedded for features). Any callable
+(real vectors, mean and learned scale predicted by the decoder), :class:`CategoricalObservation`
+(one symbol per step, ``x`` long ``[batch, T]``, embedded for features) and, in
+:mod:`bbvae.sequential.mixture`, ``GaussianMixtureObservation`` (``"gmm"``: a mixture of diagonal
+Gaussians on the frame, the VRNN paper's GMM outputs). Any callable
 ``params -> torch Distribution`` is accepted too (:class:`CallableObservation`);
 :func:`make_observation` builds a family from a name, an instance or such a callable.
 """
@@ -223,7 +225,7 @@ class CallableObservation(Observation):
             )
 
 
-_FAMILIES = ("bernoulli", "normal", "categorical")
+_FAMILIES = ("bernoulli", "normal", "categorical", "gmm")
 
 
 def make_observation(observation, obs_dim: int, embedding_size: int | None, where: str) -> Observation:
@@ -238,6 +240,10 @@ def make_observation(observation, obs_dim: int, embedding_size: int | None, wher
             return NormalObservation(obs_dim)
         if observation == "categorical":
             return CategoricalObservation(obs_dim, embedding_size)
+        if observation == "gmm":  # 20 components; pass a GaussianMixtureObservation for another K
+            from bbvae.sequential.mixture import GaussianMixtureObservation
+
+            return GaussianMixtureObservation(obs_dim)
         raise ValueError(
             f"{where}: expected observation in {_FAMILIES}, an Observation or a callable params -> "
             f"Distribution, got {observation!r}"

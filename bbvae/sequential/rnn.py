@@ -105,21 +105,51 @@ class RNN(NeuralSequentialModel):
     def encode(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
     ):
-        """Per-step items ``{"x", "log_px"}`` with ``log_px`` ``[batch]`` = ``log p(x_t | x_{<t})``."""
+        """Per-step items ``{"x", "log_px"}`` with ``log_px`` ``[batch]`` = ``log p(x_t | x_{<t})``.
+
+        Under scheduled sampling (training only) ``{"x", "u", "truth"}``: the recurrence then runs
+        per step and particle in :meth:`step`, fed ``x_t`` where ``truth`` ``[batch]``, else a draw of
+        ``p(x_t | fed-back past)``.
+        """
         x, inputs = self.prepare(x, lengths, inputs)
+        feedback = self.feedback(x)
+        if feedback is not None:
+            us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
+            return [{"x": x_t, "u": u_t, "truth": m_t} for x_t, u_t, m_t in zip(x.unbind(1), us, feedback)]
         log_px = self._log_px(x, inputs)
         return [{"x": x_t, "log_px": lp_t} for x_t, lp_t in zip(x.unbind(1), log_px.unbind(1))]
 
     def init_state(self, encoded, n_particles: int) -> dict:
+        if "truth" in encoded[0]:  # scheduled sampling: the recurrence of every particle
+            x0 = encoded[0]["x"]
+            return zero_rnn_state(self.cell_type, self._like(x0), x0.shape[0], n_particles, self.hidden_size)
         like = encoded[0]["log_px"]
         return {"z": like.new_zeros(like.shape[0], n_particles, 0)}
 
     def step(self, state: dict, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True):
+        if "truth" in encoded_t:
+            return self._scheduled_step(state, encoded_t, z)
         empty = state["z"]  # [batch, K, 0]
         batch, k, _ = empty.shape
         log_p = encoded_t["log_px"].unsqueeze(1).expand(batch, k)
         log_q = torch.zeros_like(log_p)
         return StepOutput(state, empty if z is None else z, log_p, log_q)
+
+    def _scheduled_step(self, state: dict, encoded_t: dict, z: torch.Tensor | None) -> StepOutput:
+        """One step of the recurrence fed the mixed observation (leaves ``[batch, K, hidden]``)."""
+        h = state["h"]
+        batch, k, _ = h.shape
+        u = encoded_t["u"]
+        u = u.unsqueeze(1).to(h.dtype).expand(batch, k, -1) if u is not None else None
+        ctx = h if u is None else torch.cat([h, u], dim=-1)
+        params = self.decoder(ctx)
+        log_p = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
+        with torch.no_grad():
+            sample = self.observation.sample(params)  # the model's own x_t, per particle
+        xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
+        new_state = step_rnn(self.rnn, xf if u is None else torch.cat([xf, u], dim=-1), state)
+        empty = h.new_zeros(batch, k, 0)
+        return StepOutput(new_state, empty if z is None else z, log_p, torch.zeros_like(log_p))
 
     # ----------------------------------------------------------------------- generation
     def generate_init(self, batch_size: int, n_samples: int, like: torch.Tensor) -> dict:

@@ -122,6 +122,11 @@ class SMCResult(NamedTuple):
             ``None`` unless ``return_latents=True``.
         state: the final particles' model state (leaves ``[batch, K, ...]``), each sequence's
             taken after its own last valid step, or ``None`` unless ``return_state=True``.
+        proposal_log_prob: ``[batch, T, K]`` ``log q(z_t^k | past, x)`` of every particle's
+            proposal at each step (0 past a sequence's length), with its gradient: the score of the
+            proposals, for a REINFORCE term when the latents cannot be reparametrized.
+        step_log_weights: ``[batch, T, K]`` the accumulated log-weights after step ``t``, before
+            any resampling there (detached).
     """
 
     log_z: torch.Tensor
@@ -135,6 +140,8 @@ class SMCResult(NamedTuple):
     log_q: torch.Tensor
     z: torch.Tensor | None
     state: Any = None
+    proposal_log_prob: torch.Tensor | None = None
+    step_log_weights: torch.Tensor | None = None
 
 
 def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -241,6 +248,7 @@ def smc(
     valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
     log_w = log_p = log_q = None
     ess, resampled, ancestors, pre_resampling_w, lsm, zs = [], [], [], [], [], []
+    proposal_lp, step_w_list = [], []
     identity = None
     for t, encoded_t in enumerate(encoded):
         out = step_fn(state, encoded_t, reparametrize=reparametrize)
@@ -257,7 +265,9 @@ def smc(
             lp = torch.where(valid_k[t], lp, zero)
             lq = torch.where(valid_k[t], lq, zero)
         step_w = lp - lq
+        proposal_lp.append(lq)
         log_w = step_w if log_w is None else log_w + step_w
+        step_w_list.append(log_w.detach())
         log_p = lp if log_p is None else log_p + lp
         log_q = lq if log_q is None else log_q + lq
         if return_latents:
@@ -323,6 +333,8 @@ def smc(
         log_q=log_q,
         z=z,
         state=state if return_state else None,
+        proposal_log_prob=torch.stack(proposal_lp, dim=1),
+        step_log_weights=torch.stack(step_w_list, dim=1),
     )
 
 

@@ -115,25 +115,52 @@ class SRNN(NeuralSequentialModel):
         """Per-step items ``{"x", "ctx", "pc", "qa"}``: ``x_t``, ``c_t`` and the projections of
         ``c_t`` (prior) and ``a_t`` (proposal), all computed once per sequence."""
         x, inputs = self.prepare(x, lengths, inputs)
+        feedback = self.feedback(x)
         xf = self.x_features(x)  # [batch, T, encoded]
         ctx = causal_context(self.forward_rnn, self.recurrent_input(xf), inputs)  # [batch, T, hidden + input]
         backward_in = reverse_padded(self.recurrent_input(torch.cat([ctx, xf], dim=-1)), lengths)
         a = reverse_padded(self.backward_rnn(backward_in)[0], lengths)  # [batch, T, backward]
-        pc = self.prior.project(1, ctx)
         qa = self.proposal.project(1, a)
+        if feedback is not None:
+            # Scheduled sampling: the proposal's backward pass above stays on the ground truth;
+            # the forward recurrence d_t runs per step and particle in step(), on fed-back x.
+            us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
+            return [
+                {"x": x_t, "qa": qa_t, "u": u_t, "truth": m_t}
+                for x_t, qa_t, u_t, m_t in zip(x.unbind(1), qa.unbind(1), us, feedback)
+            ]
+        pc = self.prior.project(1, ctx)
         return [
             {"x": x_t, "ctx": c_t, "pc": pc_t, "qa": qa_t}
             for x_t, c_t, pc_t, qa_t in zip(x.unbind(1), ctx.unbind(1), pc.unbind(1), qa.unbind(1))
         ]
 
     def init_state(self, encoded, n_particles: int) -> dict:
+        if "truth" in encoded[0]:  # scheduled sampling: z and the forward recurrence d, per particle
+            x0 = encoded[0]["x"]
+            state = zero_rnn_state(self.cell_type, self._like(x0), x0.shape[0], n_particles, self.hidden_size)
+            state["z"] = state["h"].new_zeros(x0.shape[0], n_particles, self.latent_size)
+            return state
         like = encoded[0]["ctx"]
         return {"z": like.new_zeros(like.shape[0], n_particles, self.latent_size)}
 
     def step(self, state: dict, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True):
         z_prev = state["z"]  # [batch, K, latent]
         batch, k, _ = z_prev.shape
-        p_pre = self.prior.project(0, z_prev) + encoded_t["pc"].unsqueeze(1)
+        if "truth" in encoded_t:
+            return self._scheduled_step(state, encoded_t, z, reparametrize)
+        ctx = encoded_t["ctx"].unsqueeze(1).expand(batch, k, -1)
+        pc = encoded_t["pc"].unsqueeze(1)
+        z, log_p, log_q, _ = self._weigh(z_prev, pc, ctx, encoded_t, z, reparametrize)
+        return StepOutput({"z": z}, z, log_p, log_q)
+
+    def _weigh(self, z_prev, pc, ctx, encoded_t: dict, z, reparametrize: bool):
+        """Propose (or score) ``z_t`` and weigh it: ``(z, log_p, log_q, (p_loc, p_scale))``.
+
+        ``pc``: the prior's projection of ``c_t`` (``[batch, 1 or K, first]``); ``ctx``: ``c_t``
+        ``[batch, K, hidden + input]``.
+        """
+        p_pre = self.prior.project(0, z_prev) + pc
         p_loc, p_scale = self.prior.params(self.prior.finish(p_pre))
         q_pre = self.proposal.project(0, z_prev) + encoded_t["qa"].unsqueeze(1)
         q_loc, q_scale = self.proposal.params(self.proposal.finish(q_pre))
@@ -141,12 +168,29 @@ class SRNN(NeuralSequentialModel):
             q_loc = q_loc + p_loc
         if z is None:
             z = draw_normal(q_loc, q_scale, reparametrize and self.has_rsample)
-        ctx = encoded_t["ctx"].unsqueeze(1).expand(batch, k, -1)
         params = self.decoder(torch.cat([z, ctx], dim=-1))
         log_px = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
         log_p = normal_log_prob(z, p_loc, p_scale) + log_px
         log_q = normal_log_prob(z, q_loc, q_scale)
-        return StepOutput({"z": z}, z, log_p, log_q)
+        return z, log_p, log_q, (p_loc, p_scale)
+
+    def _scheduled_step(self, state: dict, encoded_t: dict, z, reparametrize: bool) -> StepOutput:
+        """A step whose context ``c_t = [d_t, u_t]`` comes from the fed-back observations (per particle)."""
+        d = state["h"]  # [batch, K, hidden]
+        batch, k, _ = d.shape
+        u = encoded_t["u"]
+        u = u.unsqueeze(1).to(d.dtype).expand(batch, k, -1) if u is not None else None
+        ctx = d if u is None else torch.cat([d, u], dim=-1)
+        pc = self.prior.project(1, ctx)
+        z, log_p, log_q, (p_loc, p_scale) = self._weigh(state["z"], pc, ctx, encoded_t, z, reparametrize)
+        with torch.no_grad():  # the model's own x_t: z'_t from the prior, x_t from the emission
+            z_prior = draw_normal(p_loc, p_scale, reparametrize=False)
+            sample = self.observation.sample(self.decoder(torch.cat([z_prior, ctx], dim=-1)))
+        xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
+        recurrent = {key: value for key, value in state.items() if key != "z"}
+        new_state = step_rnn(self.forward_rnn, xf if u is None else torch.cat([xf, u], dim=-1), recurrent)
+        new_state["z"] = z
+        return StepOutput(new_state, z, log_p, log_q)
 
     # ----------------------------------------------------------------------- generation
     def generate_init(self, batch_size: int, n_samples: int, like: torch.Tensor) -> dict:

@@ -14,7 +14,7 @@
   when ``x`` is the tensor given to ``inf_net(x, ...)`` and ``z`` is the tensor drawn (or, for a ``z``
   without gradient, an unmodified alias such as ``z.detach()``); anything else is re-scored
   teacher-forced with :func:`~bbvae.sequential.base.run_particles` (with the ``lengths``/``inputs``
-  last given for that ``x``).
+  last given for that ``x``; never with scheduled sampling, see :mod:`bbvae.sequential.scheduled`).
 * ``inf_net(x, lengths=..., inputs=...)`` checks the sequence arguments once and keeps the validity
   masks; drawing and scoring for that ``x`` reuse them instead of checking again.
 * ``log_prior`` / ``log_likelihood`` of the generative view raise NotImplementedError: the step gives
@@ -39,6 +39,7 @@ from bbvae.sequential.base import (
     run_particles,
     run_particles_unchecked,
 )
+from bbvae.sequential.scheduled import teacher_forcing
 
 __all__ = ["SequentialGenModel", "SequentialInfNet", "get_sequential_model"]
 
@@ -72,6 +73,18 @@ class _View:
 
     def _score(self, x, z, detached: bool = False) -> ParticleRun:
         """Score given latents ``z`` ``[batch, K, T, *latent_shape]`` teacher-forced (and cache it)."""
+        cache = self.model.__dict__.get("_seq_cache")
+        if self.model.__dict__.get("_ss_drawn") and cache is not None and cache.x is x:
+            raise ValueError(
+                f"{type(self.model).__name__}: the latents drawn for this batch under scheduled sampling "
+                "cannot be re-scored (their fed-back history was random, and scoring is teacher-forced); "
+                "estimators that re-score them (STL, DReG) do not combine with scheduled sampling: use "
+                "the pathwise or score-function gradients (IWAE/ELBO 'reparam', FIVO, VIMCO, NVIL, RWS)"
+            )
+        with teacher_forcing(self.model):
+            return self._score_teacher_forced(x, z, detached)
+
+    def _score_teacher_forced(self, x, z, detached: bool) -> ParticleRun:
         context = self._context(x)
         k = z.shape[1] if z.dim() >= 2 else 1
         if detached:

@@ -128,15 +128,24 @@ class VRNN(NeuralSequentialModel):
     def encode(
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
     ):
-        """Per-step items ``{"x", "xf", "qx", "u"}``: ``x_t``, ``phi_x(x_t)``, its proposal projection."""
+        """Per-step items ``{"x", "xf", "qx", "u"}``: ``x_t``, ``phi_x(x_t)``, its proposal projection.
+
+        Under scheduled sampling (training only) each item also holds ``"truth"`` ``[batch]`` bool:
+        the recurrence is then fed ``phi_x`` of ``x_t`` or of the model's own draw, per step.
+        """
         x, inputs = self.prepare(x, lengths, inputs)
+        feedback = self.feedback(x)
         xf = self.x_features(x)  # [batch, T, encoded]: one encoder call per sequence
         qx = self.proposal.project(1, xf)  # [batch, T, first proposal layer]
         us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
-        return [
+        items = [
             {"x": x_t, "xf": xf_t, "qx": qx_t, "u": u_t}
             for x_t, xf_t, qx_t, u_t in zip(x.unbind(1), xf.unbind(1), qx.unbind(1), us)
         ]
+        if feedback is not None:
+            for item, truth_t in zip(items, feedback):
+                item["truth"] = truth_t
+        return items
 
     def init_state(self, encoded, n_particles: int) -> dict:
         like = encoded[0]["xf"]
@@ -164,12 +173,25 @@ class VRNN(NeuralSequentialModel):
         log_px = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
         log_p = normal_log_prob(z, p_loc, p_scale) + log_px
         log_q = normal_log_prob(z, q_loc, q_scale)
-        parts = [encoded_t["xf"].unsqueeze(1).expand(batch, k, -1), zf]
+        if "truth" in encoded_t:  # scheduled sampling: phi_x of the fed-back observation
+            xf = self._fed_back(ctx, p_loc, p_scale, encoded_t)
+        else:
+            xf = encoded_t["xf"].unsqueeze(1).expand(batch, k, -1)
+        parts = [xf, zf]
         if u is not None:
             parts.append(u.expand(batch, k, -1))
         cell_in = self.recurrent_input(torch.cat(parts, dim=-1))
         new_state = step_cell(self.cell, cell_in, state)  # the one cell call of the step
         return StepOutput(new_state, z, log_p, log_q)
+
+    def _fed_back(self, ctx, p_loc, p_scale, encoded_t: dict) -> torch.Tensor:
+        """``phi_x`` ``[batch, K, encoded]`` of ``x_t`` or of the predictive draw generation would make:
+        ``z'_t`` from the prior, ``x_t ~ p(x_t | z'_t, h_{t-1})`` (no gradient through the draw)."""
+        with torch.no_grad():
+            z_prior = draw_normal(p_loc, p_scale, reparametrize=False)
+            params = self.decoder(torch.cat([ctx, self.z_encoder(z_prior)], dim=-1))
+            sample = self.observation.sample(params)  # [batch, K, *obs]
+        return self.fed_features(encoded_t["truth"], encoded_t["x"], sample)
 
     # ----------------------------------------------------------------------- generation
     def generate_init(self, batch_size: int, n_samples: int, like: torch.Tensor) -> dict:

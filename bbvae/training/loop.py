@@ -160,6 +160,9 @@ class TrainingLoop:
 
     def _step(self, model: nn.Module, x: torch.Tensor, context: dict[str, Any], eager_check: bool) -> None:
         step = self.n_iter_ + 1
+        # e.g. a scheduled-sampling schedule: told the steps taken so far (0-based)
+        for hook in getattr(self, "_step_hooks", ()):
+            hook.set_training_step(self.n_iter_)
         self.optimizer_.zero_grad(set_to_none=True)
         try:
             value = model(x, **context)

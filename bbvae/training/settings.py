@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int
+from bbvae.sequential.scheduled import ScheduledSampling, parse_scheduled_sampling
 from bbvae.training.averaging import check_ema_decay
 from bbvae.training.callbacks import Callback
 from bbvae.training.checkpointing import qualname
@@ -91,6 +92,7 @@ class TrainerSettings:
             name,
         )
         check_ema_decay(self.ema_decay, name)
+        parse_scheduled_sampling(getattr(self, "scheduled_sampling", None), name)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(
@@ -123,6 +125,7 @@ class TrainerSettings:
             "warmup_steps": self.warmup_steps,
             "warmup_start_factor": float(self.warmup_start_factor),
             "ema_decay": self.ema_decay,
+            "scheduled_sampling": _spec(getattr(self, "scheduled_sampling", None)),
         }
 
     def _parameters(self) -> list[nn.Parameter]:
@@ -143,3 +146,8 @@ class TrainerSettings:
                 f"Trainer: the optimizer factory returned a {type(opt).__name__}, not a torch Optimizer"
             )
         return opt
+
+
+def _spec(spec: Any) -> Any:
+    """A scheduled-sampling spec as built-in types (a ScheduledSampling as its string)."""
+    return spec.spec() if isinstance(spec, ScheduledSampling) else spec

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from bbvae import distributed
 from bbvae.checkpoint import remove_stale_temporaries
 from bbvae.data.batching import SequenceBatch
+from bbvae.sequential.scheduled import set_scheduled_sampling
 from bbvae.training.averaging import ParameterAverage
 from bbvae.training.callbacks import Callback
 from bbvae.training.checkpointing import BEST_CHECKPOINT, LAST_CHECKPOINT, TrainerCheckpointing
@@ -100,6 +101,13 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         tensorboard: also write the log rows as TensorBoard scalars (``torch.utils.tensorboard``,
             ``pip install 'bbvae[tensorboard]'``): True puts the events in ``logdir/tensorboard``,
             a path puts them there (see :mod:`bbvae.training.tensorboard`).
+        scheduled_sampling: feed the sequence model's own samples back while training
+            (:mod:`bbvae.sequential.scheduled`): a spec such as ``"inverse_sigmoid:k=1000"``, a
+            dict or a ``ScheduledSampling``, set on every sequence model of the loss at the start
+            of :meth:`fit` (None: leave the models as they are). Whatever set it, every submodule
+            of the loss with a ``set_training_step(step)`` method is told the number of optimizer
+            steps taken before each step, so the schedule follows ``n_iter_`` (and a resumed run
+            continues it exactly).
 
     Attributes:
         loss_history_ (list[float]): the training loss (negative bound, mean over the batch
@@ -155,6 +163,7 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         find_unused_parameters: bool = True,
         length_bucketing: int | None = None,
         tensorboard: bool | str | os.PathLike = False,
+        scheduled_sampling: Any = None,
     ) -> None:
         self.loss = loss
         self.optimizer = optimizer
@@ -186,6 +195,7 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.find_unused_parameters = find_unused_parameters
         self.length_bucketing = length_bucketing
         self.tensorboard = tensorboard
+        self.scheduled_sampling = scheduled_sampling
         self.stop_training = False
 
     #: Check the loss for NaN/inf after every step (True) or only at logging points (False);
@@ -240,6 +250,10 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             distributed.init_from_env(backend="nccl" if on_cuda else "gloo")
         self._rank, self._world = distributed.get_rank(), distributed.get_world_size()
         self._is_main = self._rank == 0
+        # (before a checkpoint's state, which holds the schedule's step, is loaded)
+        if getattr(self, "scheduled_sampling", None) is not None:
+            set_scheduled_sampling(self.loss, self.scheduled_sampling, "Trainer")
+        self._step_hooks = [m for m in self.loss.modules() if callable(getattr(m, "set_training_step", None))]
         if self.seed is not None:  # data-shaped parameters (NVIL's baseline) are seeded too
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)

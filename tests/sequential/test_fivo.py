@@ -148,10 +148,6 @@ def test_bad_arguments(seq):
         FIVO(model.inf_net, model.gen_model, resampling="residual")
     with pytest.raises(ValueError, match="n_samples >= 1"):
         FIVO(model.inf_net, model.gen_model, n_particles=0)
-    dhmm = seq.make_dhmm()
-    x, _ = dhmm.sample(2, 3)
-    with pytest.raises(TypeError, match="VIMCO or RWS"):
-        FIVO(dhmm.inf_net, dhmm.gen_model, n_particles=3)(x)
     with pytest.raises(ValueError, match=r"lengths of shape \[2\]"):
         FIVO(model.inf_net, model.gen_model)(torch.zeros(2, 3, 3), lengths=torch.tensor([3]))
 

@@ -15,7 +15,7 @@ from bbvae.sequential.rnn import RNN
 from bbvae.sequential.smc import smc
 
 DTYPES = [torch.float32, torch.float64]
-OBSERVATIONS = ["bernoulli", "normal", "categorical"]
+OBSERVATIONS = ["bernoulli", "normal", "categorical", "gmm"]
 CELLS = ["lstm", "gru"]
 
 

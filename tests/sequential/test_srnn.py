@@ -8,7 +8,7 @@ from bbvae.sequential.base import run_particles
 from bbvae.sequential.srnn import SRNN
 
 DTYPES = [torch.float32, torch.float64]
-OBSERVATIONS = ["bernoulli", "normal", "categorical"]
+OBSERVATIONS = ["bernoulli", "normal", "categorical", "gmm"]
 CELLS = ["lstm", "gru"]
 
 

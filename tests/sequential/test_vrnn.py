@@ -12,7 +12,7 @@ from bbvae.sequential.base import run_particles
 from bbvae.sequential.vrnn import VRNN
 
 DTYPES = [torch.float32, torch.float64]
-OBSERVATIONS = ["bernoulli", "normal", "categorical"]
+OBSERVATIONS = ["bernoulli", "normal", "categorical", "gmm"]
 CELLS = ["lstm", "gru"]
 
 
