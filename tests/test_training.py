@@ -538,3 +538,31 @@ def test_set_seed_repeats_every_generator():
     assert random.random() == first[2]
     with pytest.raises(TypeError, match="int"):
         set_seed(1.5)
+
+
+def test_a_checkpoint_older_than_a_loss_buffer_resumes(tmp_path):
+    # FIVO gained running-baseline buffers; runs checkpointed before them must still resume.
+    from bbvae.losses import FIVO
+    from bbvae.sequential import VRNN
+
+    def make():
+        torch.manual_seed(0)
+        model = VRNN(5, latent_size=3, hidden_size=4)
+        return FIVO(model.inf_net, model.gen_model, n_particles=2)
+
+    seqs = [(torch.rand(6, 5) < 0.4).float() for _ in range(8)]
+    common = dict(batch_size=4, logdir=tmp_path, ema_decay=0.9, checkpoint_every=2, **QUIET)
+    Trainer(make(), max_steps=2, **common).fit(seqs)
+    path = tmp_path / "last.pt"
+    state = torch.load(path, weights_only=False)
+    added = [k for k in state["model_state"] if "score_rate" in k]
+    assert added, "FIVO no longer has the buffers this test is about"
+    for key in added:  # as a checkpoint written before the buffers existed
+        del state["model_state"][key], state["param_shapes"][key]
+    torch.save(state, path)
+    trainer = Trainer(make(), max_steps=4, **common).fit(seqs, resume=True)
+    assert trainer.n_iter_ == 4
+    state["param_shapes"]["other"] = [2]  # a truly different model is still refused
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="other: \\[2\\] there, absent here"):
+        Trainer(make(), max_steps=6, **common).fit(seqs, resume=True)

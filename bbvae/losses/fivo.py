@@ -163,9 +163,11 @@ class FIVO(Loss):
             bound, objective = bound / length, objective / length
         return bound, objective
 
+    #: Buffers that checkpoints written before them lack; they load (and resume) at their start.
+    STATE_ADDED_LATER = ("score_rate", "score_rate_weight")
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before the proposals' baseline existed resume with it at its start.
-        for name in ("score_rate", "score_rate_weight"):
+        for name in self.STATE_ADDED_LATER:
             state_dict.setdefault(prefix + name, torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

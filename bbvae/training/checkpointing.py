@@ -202,6 +202,8 @@ class TrainerCheckpointing:
             problems.append(f"loss {state.get('loss_class')} there, {loss_class} here")
         shapes = {k: list(v.shape) for k, v in self.loss.state_dict().items()}
         saved_shapes = state.get("param_shapes", {})
+        for key in _state_added_later(self.loss) - set(saved_shapes):
+            shapes.pop(key, None)  # a buffer newer than the checkpoint: it resumes at its start
         if saved_shapes != shapes:
             diff = sorted(set(saved_shapes) ^ set(shapes))
             diff += sorted(k for k in set(saved_shapes) & set(shapes) if saved_shapes[k] != shapes[k])
@@ -299,3 +301,13 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _normalise(v) for k, v in value.items()}
     return value
+
+
+def _state_added_later(module: torch.nn.Module) -> set[str]:
+    """State-dict keys that modules declare as newer than some checkpoints (``STATE_ADDED_LATER``):
+    their ``_load_from_state_dict`` fills them in when absent, so a run may resume without them."""
+    keys = set()
+    for prefix, sub in module.named_modules():
+        for name in getattr(sub, "STATE_ADDED_LATER", ()):
+            keys.add(f"{prefix}.{name}" if prefix else name)
+    return keys
