@@ -494,3 +494,24 @@ def test_antithetic_estimators_of_the_two_sample_bound_are_unbiased(sbn, make, w
     else:
         assert z.abs().max() < N_SE, f"max |z| = {z.abs().max():.2f}"
         assert loss.bound_.shape == loss.ess_.shape == (3 * 200,)  # rows replicated 200 times
+
+
+@pytest.mark.parametrize("loss_class", [REBAR, RELAX])
+def test_control_variate_parameters_live_on_q_s_device_and_dtype(loss_class):
+    # The Trainer takes its device from the loss's first parameter: it must be where q's are.
+    q = BernoulliInfNet(6, 3).double().to("meta")
+    p = SigmoidBeliefNet(3, 6).double().to("meta")
+    loss = loss_class(q, p, n_samples=2)
+    for param in (loss.log_temperature, loss.scale):
+        assert param.device.type == "meta" and param.dtype == torch.float64
+    assert next(iter(loss.parameters())).device.type == "meta"
+
+
+def test_fivo_refuses_the_segment_signal_for_reparametrized_proposals():
+    from bbvae.losses import FIVO
+    from bbvae.sequential import VRNN
+
+    model = VRNN(4, latent_size=2)
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=2, proposal_gradient="segment")
+    with pytest.raises(ValueError, match="proposal_gradient='segment' is for latents without rsample"):
+        loss(torch.zeros(2, 3, 4))

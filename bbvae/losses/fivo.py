@@ -52,8 +52,9 @@ class FIVO(Loss):
     resampling steps plus a running mean of log Z-hat per step times the steps left; see
     ``_proposal_score``). The generative model keeps its pathwise gradient at the drawn particles.
     With ``gradient="score"`` (multinomial resampling) or ``ess_threshold=0`` (no resampling) the
-    estimator is unbiased for the gradient of ``E[log Z-hat]``; with ``"none"`` it carries FIVO's
-    usual bias from the resampling decisions.
+    estimator is unbiased for the gradient of ``E[log Z-hat]``; with ``"none"`` or
+    ``"stop_gradient"`` it is biased for such latents (``"none"`` drops the decisions' score terms;
+    ``"stop_gradient"`` makes the gradient of Z-hat, not of its log, unbiased).
 
     Attributes:
         loss_history_ (list[float]): negative bound of every call (batch mean).
@@ -123,6 +124,12 @@ class FIVO(Loss):
         self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         model = get_sequential_model(self.inf_net, self.gen_model, "FIVO")
+        if self.proposal_gradient == "segment" and model.has_rsample:
+            raise ValueError(
+                "FIVO: proposal_gradient='segment' is for latents without rsample, but "
+                f"{type(model).__name__}'s proposal is reparametrized (its gradient is pathwise); "
+                "leave proposal_gradient at its default"
+            )
         # smc checks x, lengths and inputs (once: FIVO does not check them again).
         result = smc(
             model,
@@ -168,7 +175,7 @@ class FIVO(Loss):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in self.STATE_ADDED_LATER:
-            state_dict.setdefault(prefix + name, torch.zeros(()))
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _proposal_score(self, result, valid: torch.Tensor | None, n_steps: int) -> torch.Tensor:

@@ -129,9 +129,11 @@ class REBAR(Loss):
         for flag_name, flag in (("learn_temperature", learn_temperature), ("learn_scale", learn_scale)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name}: expected {flag_name} to be a bool, got {type(flag).__name__}")
-        dtype = _param_dtype(inf_net)
-        log_t = torch.tensor(math.log(temperature), dtype=dtype)
-        eta = torch.tensor(float(scale), dtype=dtype)
+        like = _first_float_param(inf_net)  # the control variate lives where q's parameters do
+        dtype = torch.get_default_dtype() if like is None else like.dtype
+        device = None if like is None else like.device
+        log_t = torch.tensor(math.log(temperature), dtype=dtype, device=device)
+        eta = torch.tensor(float(scale), dtype=dtype, device=device)
         self.log_temperature = nn.Parameter(log_t, requires_grad=learn_temperature)
         self.scale = nn.Parameter(eta, requires_grad=learn_scale)
 
@@ -211,8 +213,8 @@ class REBAR(Loss):
         return [self.log_temperature, self.scale]
 
 
-def _param_dtype(module: nn.Module) -> torch.dtype:
+def _first_float_param(module: nn.Module) -> torch.Tensor | None:
     for p in module.parameters():
         if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
+            return p
+    return None

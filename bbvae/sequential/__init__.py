@@ -14,6 +14,7 @@ from bbvae.sequential.base import (
 )
 from bbvae.sequential.discrete_hmm import DiscreteHMM
 from bbvae.sequential.evaluate import evaluate
+from bbvae.sequential.flow_proposal import FlowProposal
 from bbvae.sequential.ghmm import GaussianHMM
 from bbvae.sequential.independent import IndependentVAE
 from bbvae.sequential.mixture import GaussianMixtureObservation
@@ -56,6 +57,7 @@ __all__ = [
     "BernoulliObservation",
     "CategoricalObservation",
     "DiscreteHMM",
+    "FlowProposal",
     "GaussianHMM",
     "GaussianMixtureObservation",
     "IndependentVAE",

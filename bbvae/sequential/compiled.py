@@ -46,13 +46,16 @@ class CompiledStep:
         )
 
     def __call__(self, *args, **kwargs):
-        if not self.failed:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as err:
-                # A user error raises again from the eager step below; a compiler failure warns once.
-                self._fail(err)
-        return self.step(*args, **kwargs)
+        if self.failed:
+            return self.step(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as err:
+            # The eager step tells a compiler failure from an error of the step itself: if it
+            # fails too, that error is the user's, raised as is, and compilation stays on.
+            out = self.step(*args, **kwargs)
+            self._fail(err)
+            return out
 
 
 def model_step(model):

@@ -283,3 +283,24 @@ def test_failing_compilation_warns_and_runs_eager(monkeypatch):
     torch.manual_seed(1)
     eager = run_particles(model, x, 2)
     torch.testing.assert_close(compiled.log_p, eager.log_p, rtol=0, atol=0)
+
+
+def test_an_error_of_the_step_itself_is_raised_and_compilation_stays_on(monkeypatch):
+    model = _vrnn()
+    x = torch.bernoulli(torch.full((2, 4, 6), 0.3))
+
+    def passthrough(fn, **options):  # a "compiled" step that behaves exactly as the eager one
+        return fn
+
+    def buggy_step(*args, **kwargs):  # a user's step with a bug: eager fails the same way
+        raise ValueError("a bug in the user's step")
+
+    monkeypatch.setattr(torch, "compile", passthrough)
+    monkeypatch.setattr(model, "step", buggy_step)
+    model.compile_step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no "compilation failed" warning
+        with pytest.raises(ValueError, match="a bug in the user's step"):
+            run_particles(model, x, 2)
+    compiled = model_step(model)
+    assert compiled is not model.step and not compiled.failed
