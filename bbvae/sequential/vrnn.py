@@ -135,7 +135,7 @@ class VRNN(NeuralSequentialModel):
         """Per-step items ``{"x", "xf", "qx", "u"}``: ``x_t``, ``phi_x(x_t)``, its proposal projection.
 
         Where the fused step applies (:mod:`bbvae.sequential.vrnn_fused`) the items are instead
-        ``{"x", "xf", "u", "pre", "fused"}``: ``"pre"`` ``[batch, 3F + 4H]`` the x-only
+        ``{"x", "xf", "u", "pre", "fused"}``: ``"pre"`` ``[batch, 1, 3F + 4H]`` the x-only
         pre-activations, ``"fused"`` the stacked weights (the same dict in every item).
 
         Under scheduled sampling (training only) each item also holds ``"truth"`` ``[batch]`` bool:

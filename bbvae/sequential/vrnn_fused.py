@@ -87,16 +87,26 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
     hid, n_in, enc = model.hidden_size, model.input_size, model.encoded_size
     wp, wq, wd = model.prior.inputs[0].weight, model.proposal.inputs[0].weight, model.decoder[0].weight
     cell = model.cell
-    w_ih = cell.weight_ih  # [4H, 2E + U]: columns phi_x, phi_z, u
+    # The LSTM's gate rows reordered from nn.LSTMCell's (i, f, g, o) to (i, f, o, g): one sigmoid.
+    gates = torch.cat(
+        [torch.arange(0, 2 * hid), torch.arange(3 * hid, 4 * hid), torch.arange(2 * hid, 3 * hid)]
+    )
+    gates = gates.to(wp.device)
+    w_ih = cell.weight_ih.index_select(0, gates)  # [4H, 2E + U]: columns phi_x, phi_z, u
     # Rows: prior (F), proposal (F), decoder (F), LSTM gates (4H); all read h_{t-1}.
-    w_h = torch.cat([wp[:, :hid], wq[:, :hid], wd[:, :hid], cell.weight_hh], dim=0)
+    w_h = torch.cat([wp[:, :hid], wq[:, :hid], wd[:, :hid], cell.weight_hh.index_select(0, gates)], dim=0)
     # phi_z(z_t) is read by the decoder (F) and the LSTM input projection (4H).
     w_z = torch.cat([wd[:, hid + n_in :], w_ih[:, enc : 2 * enc]], dim=0)
     # x-only pre-activations (with every first-layer bias), batched over [batch, T].
     xw = torch.cat([xf.new_zeros(wp.shape[0], enc), model.proposal.inputs[1].weight], dim=0)
     xw = torch.cat([xw, xf.new_zeros(wd.shape[0], enc), w_ih[:, :enc]], dim=0)  # [3F + 4H, E]
     bias = torch.cat(
-        [model.prior.bias, model.proposal.bias, model.decoder[0].bias, cell.bias_ih + cell.bias_hh]
+        [
+            model.prior.bias,
+            model.proposal.bias,
+            model.decoder[0].bias,
+            (cell.bias_ih + cell.bias_hh).index_select(0, gates),
+        ]
     )
     feats = xf
     if inputs is not None and n_in > 0:
@@ -109,19 +119,20 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
     n_steps, n_pre = feats.shape[1], xw.shape[0]
     pre = torch.baddbmm(
         bias.expand(n_steps, 1, n_pre), feats.transpose(0, 1), xw.t().expand(n_steps, *xw.t().shape)
-    )  # [T, batch, 3F + 4H]
+    ).unsqueeze(2)  # [T, batch, 1, 3F + 4H]
     # Second layers of the prior and the proposal as one block-diagonal map whose output is
-    # [p_loc, q_loc (residual), p_raw, q_raw] (Z each).
+    # [p_loc, q_loc (residual), p_raw, q_raw] (Z each); the raw scales' offset is in the bias.
     lp, lq = model.prior.tail[1][0], model.proposal.tail[1][0]
     z = model.latent_size
     w2 = torch.block_diag(lp.weight, lq.weight)  # [4Z, 2F]: rows p_loc, p_raw, q_loc, q_raw
     b2 = torch.cat([lp.bias, lq.bias])
+    offset = torch.cat([b2.new_zeros(z), b2.new_full((z,), RAW_SCALE_BIAS)]).repeat(2)
     order = torch.cat([torch.arange(s, s + z, device=w2.device) for s in (0, 2 * z, z, 3 * z)])
     weights = {
         "w_h": w_h,
         "w_z": w_z,
         "w2": w2.index_select(0, order),
-        "b2": b2.index_select(0, order),
+        "b2": (b2 + offset).index_select(0, order),
         "sizes": (2 * wp.shape[0], wd.shape[0], 4 * hid),
     }
     return weights, pre
@@ -133,11 +144,11 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     n_pq, n_d, n_g = fw["sizes"]
     n_z = model.latent_size
     h, c = state["h"], state["c"]
-    pre = torch.matmul(h, fw["w_h"].t()) + item["pre"].unsqueeze(1)  # [batch, K, 3F + 4H]
+    pre = torch.matmul(h, fw["w_h"].t()) + item["pre"]  # [batch, K, 3F + 4H]
     pq, d_h, g_h = pre.split([n_pq, n_d, n_g], dim=-1)
     out2 = F.linear(torch.relu(pq), fw["w2"], fw["b2"])  # [batch, K, 4Z]
     locs, raws = out2.split(2 * n_z, dim=-1)
-    scales = F.softplus(raws + RAW_SCALE_BIAS) + MIN_SCALE
+    scales = F.softplus(raws) + MIN_SCALE  # (RAW_SCALE_BIAS is in b2)
     p_loc, q_loc = locs.split(n_z, dim=-1)
     p_scale, q_scale = scales.split(n_z, dim=-1)
     if model.resq:
@@ -145,10 +156,10 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     if z is None:
         eps = torch.randn_like(q_loc)
         if reparametrize:
-            z = q_loc + q_scale * eps
+            z = torch.addcmul(q_loc, q_scale, eps)
         else:
             with torch.no_grad():
-                z = q_loc + q_scale * eps
+                z = torch.addcmul(q_loc, q_scale, eps)
     enc = model.z_encoder
     zf = F.linear(torch.relu(F.linear(z, enc[0].weight, enc[0].bias)), enc[2].weight, enc[2].bias)
     d_z, g_z = torch.matmul(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
@@ -157,8 +168,8 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     log_px = model.observation.log_prob(params, item["x"].unsqueeze(1))  # [batch, K]
     log_p = normal_log_prob(z, p_loc, p_scale) + log_px
     log_q = normal_log_prob(z, q_loc, q_scale)
-    gates = g_h + g_z  # [batch, K, 4H]: i, f, g, o (nn.LSTMCell's order)
-    gi, gf, gg, go = gates.chunk(4, dim=-1)
-    c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
-    h_new = torch.sigmoid(go) * torch.tanh(c_new)
+    sig, gg = (g_h + g_z).split([3 * model.hidden_size, model.hidden_size], dim=-1)  # (i, f, o), g
+    si, sf, so = torch.sigmoid(sig).chunk(3, dim=-1)
+    c_new = torch.addcmul(sf * c, si, torch.tanh(gg))
+    h_new = so * torch.tanh(c_new)
     return {"h": h_new, "c": c_new}, z, log_p, log_q
