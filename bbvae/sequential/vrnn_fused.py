@@ -134,6 +134,14 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
         "w2": w2.index_select(0, order),
         "b2": (b2 + offset).index_select(0, order),
         "sizes": (2 * wp.shape[0], wd.shape[0], 4 * hid),
+        # (taken here, once per sequence: indexing an nn.Sequential is slow in a loop)
+        "z_enc": (
+            model.z_encoder[0].weight,
+            model.z_encoder[0].bias,
+            model.z_encoder[2].weight,
+            model.z_encoder[2].bias,
+        ),
+        "dec": (model.decoder[2].weight, model.decoder[2].bias),
     }
     return weights, pre
 
@@ -160,11 +168,10 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
         else:
             with torch.no_grad():
                 z = torch.addcmul(q_loc, q_scale, eps)
-    enc = model.z_encoder
-    zf = F.linear(torch.relu(F.linear(z, enc[0].weight, enc[0].bias)), enc[2].weight, enc[2].bias)
+    w1, b1, w2, b2 = fw["z_enc"]
+    zf = F.linear(torch.relu(F.linear(z, w1, b1)), w2, b2)
     d_z, g_z = torch.matmul(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
-    dec = model.decoder[2]
-    params = F.linear(torch.relu(d_h + d_z), dec.weight, dec.bias)
+    params = F.linear(torch.relu(d_h + d_z), *fw["dec"])
     log_px = model.observation.log_prob(params, item["x"].unsqueeze(1))  # [batch, K]
     log_p = normal_log_prob(z, p_loc, p_scale) + log_px
     log_q = normal_log_prob(z, q_loc, q_scale)
