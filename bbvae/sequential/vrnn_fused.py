@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from bbvae.sequential.gaussian import MIN_SCALE, RAW_SCALE_BIAS, normal_log_prob
@@ -77,6 +78,36 @@ def fused_applies(model) -> bool:
     return cached
 
 
+class _PerStepLinear(torch.autograd.Function):
+    """``feats [batch, T, E] -> [T, batch, N]``: ``feats_t @ weight.T + bias`` for each step ``t``.
+
+    The forward is one ``baddbmm`` over time, so each step's rows are computed as by a matmul of
+    ``batch`` rows whatever ``T`` is (one flat matmul over ``batch * T`` rows may round differently
+    for another ``T``). The backward, which an expanded weight makes slow in ``bmm``, is two flat
+    matmuls and a sum (first-order gradients only).
+    """
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n_steps, n_out = feats.shape[1], weight.shape[0]
+        ctx.save_for_backward(feats, weight)
+        w_t = weight.t()
+        return torch.baddbmm(
+            bias.expand(n_steps, 1, n_out), feats.transpose(0, 1), w_t.expand(n_steps, *w_t.shape)
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        feats, weight = ctx.saved_tensors
+        batch, n_steps, n_in = feats.shape
+        flat = grad.transpose(0, 1).reshape(batch * n_steps, -1)  # [batch * T, N], rows as feats'
+        grad_feats = (flat @ weight).view(batch, n_steps, n_in) if ctx.needs_input_grad[0] else None
+        grad_weight = flat.t() @ feats.reshape(batch * n_steps, n_in) if ctx.needs_input_grad[1] else None
+        grad_bias = flat.sum(dim=0) if ctx.needs_input_grad[2] else None
+        return grad_feats, grad_weight, grad_bias
+
+
 def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
     """The stacked weights (a dict) and the x-only pre-activations ``[T, batch, 3F + 4H]``.
 
@@ -116,10 +147,7 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
         feats, xw = torch.cat([xf, inputs], dim=-1), torch.cat([xw, uw], dim=1)
     # One matmul per time step (a batched bmm, [T, batch, ...]): each step's rows then do not depend
     # on T, so a sequence cut at its length gives bitwise the numbers of the padded one.
-    n_steps, n_pre = feats.shape[1], xw.shape[0]
-    pre = torch.baddbmm(
-        bias.expand(n_steps, 1, n_pre), feats.transpose(0, 1), xw.t().expand(n_steps, *xw.t().shape)
-    ).unsqueeze(2)  # [T, batch, 1, 3F + 4H]
+    pre = _PerStepLinear.apply(feats, xw, bias).unsqueeze(2)  # [T, batch, 1, 3F + 4H]
     # Second layers of the prior and the proposal as one block-diagonal map whose output is
     # [p_loc, q_loc (residual), p_raw, q_raw] (Z each); the raw scales' offset is in the bias.
     lp, lq = model.prior.tail[1][0], model.proposal.tail[1][0]
