@@ -175,14 +175,19 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
 
 
 def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparametrize: bool):
-    """One fused VRNN step: ``(new_state, z, log_p, log_q)`` with ``[batch, K, ...]`` leaves."""
+    """One fused VRNN step: ``(new_state, z, log_p, log_q)`` with ``[batch, K, ...]`` leaves.
+
+    Inside, the particles are rows of flat ``[batch * K, ...]`` tensors (plain 2-D matmuls).
+    """
     fw = item["fused"]
     n_pq, n_d, n_g = fw["sizes"]
     n_z = model.latent_size
     h, c = state["h"], state["c"]
-    pre = torch.matmul(h, fw["w_h"].t()) + item["pre"]  # [batch, K, 3F + 4H]
+    batch, k, n_h = h.shape
+    rows = batch * k
+    pre = (torch.matmul(h, fw["w_h"].t()) + item["pre"]).view(rows, -1)  # [batch * K, 3F + 4H]
     pq, d_h, g_h = pre.split([n_pq, n_d, n_g], dim=-1)
-    out2 = F.linear(torch.relu(pq), fw["w2"], fw["b2"])  # [batch, K, 4Z]
+    out2 = F.linear(torch.relu(pq), fw["w2"], fw["b2"])  # [batch * K, 4Z]
     locs, raws = out2.split(2 * n_z, dim=-1)
     scales = F.softplus(raws) + MIN_SCALE  # (RAW_SCALE_BIAS is in b2)
     p_loc, q_loc = locs.split(n_z, dim=-1)
@@ -192,19 +197,22 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     if z is None:
         eps = torch.randn_like(q_loc)
         if reparametrize:
-            z = torch.addcmul(q_loc, q_scale, eps)
+            z_flat = torch.addcmul(q_loc, q_scale, eps)
         else:
             with torch.no_grad():
-                z = torch.addcmul(q_loc, q_scale, eps)
+                z_flat = torch.addcmul(q_loc, q_scale, eps)
+        z = z_flat.view(batch, k, n_z)
+    else:
+        z_flat = z.reshape(rows, n_z)
     w1, b1, w2, b2 = fw["z_enc"]
-    zf = F.linear(torch.relu(F.linear(z, w1, b1)), w2, b2)
-    d_z, g_z = torch.matmul(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
-    params = F.linear(torch.relu(d_h + d_z), *fw["dec"])
+    zf = F.linear(torch.relu(F.linear(z_flat, w1, b1)), w2, b2)
+    d_z, g_z = torch.mm(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
+    params = F.linear(torch.relu(d_h + d_z), *fw["dec"]).view(batch, k, -1)
     log_px = model.observation.log_prob(params, item["x"].unsqueeze(1))  # [batch, K]
-    log_p = normal_log_prob(z, p_loc, p_scale) + log_px
-    log_q = normal_log_prob(z, q_loc, q_scale)
-    sig, gg = (g_h + g_z).split([3 * model.hidden_size, model.hidden_size], dim=-1)  # (i, f, o), g
+    log_p = normal_log_prob(z_flat, p_loc, p_scale).view(batch, k) + log_px
+    log_q = normal_log_prob(z_flat, q_loc, q_scale).view(batch, k)
+    sig, gg = (g_h + g_z).split([3 * n_h, n_h], dim=-1)  # (i, f, o), g
     si, sf, so = torch.sigmoid(sig).chunk(3, dim=-1)
-    c_new = torch.addcmul(sf * c, si, torch.tanh(gg))
+    c_new = torch.addcmul(sf * c.reshape(rows, n_h), si, torch.tanh(gg))
     h_new = so * torch.tanh(c_new)
-    return {"h": h_new, "c": c_new}, z, log_p, log_q
+    return {"h": h_new.view(batch, k, n_h), "c": c_new.view(batch, k, n_h)}, z, log_p, log_q
