@@ -64,18 +64,15 @@ def fused_applies(model) -> bool:
     turns it off: then the general step runs, calling every submodule)."""
     if not model.fuse or model.cell_type != "lstm" or (model.dropout > 0 and model.training):
         return False
-    cached = model.__dict__.get("_fused_ok")
-    if cached is None:
-        cached = (
-            _plain_mlp(model.decoder)
-            and _plain_mlp(model.z_encoder)
-            and _plain_head(model.prior)
-            and _plain_head(model.proposal)
-            and isinstance(model.cell, nn.LSTMCell)
-            and model.cell.bias
-        )
-        model.__dict__["_fused_ok"] = cached
-    return cached
+    # (checked at every encode, once per sequence: a replaced submodule is seen at once)
+    return (
+        _plain_mlp(model.decoder)
+        and _plain_mlp(model.z_encoder)
+        and _plain_head(model.prior)
+        and _plain_head(model.proposal)
+        and isinstance(model.cell, nn.LSTMCell)
+        and model.cell.bias
+    )
 
 
 class _PerStepLinear(torch.autograd.Function):

@@ -68,6 +68,10 @@ def test_fused_step_applies_to_the_default_lstm_vrnn_only(seq):
     assert not _fused_items(two_layers, x)
     custom = VRNN(x.shape[-1], latent_size=3, hidden_size=4, decoder=nn.Linear(4 + 3, x.shape[-1])).double()
     assert not _fused_items(custom, x)
+    replaced = seq.neural(VRNN, "bernoulli", "lstm")
+    assert _fused_items(replaced, x)
+    replaced.decoder = nn.Sequential(nn.Linear(replaced.decoder_input_size, x.shape[-1])).double()
+    assert not _fused_items(replaced, x)  # checked at every encode
     dropped = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.3)
     assert not _fused_items(dropped.train(), x)  # dropout active: the general step
     assert _fused_items(dropped.eval(), x)  # inactive: the fused step
