@@ -361,23 +361,22 @@ def run_particles_unchecked(
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, n_particles)
     step_fn = model_step(model)
-    valid_k = None if masks is None else torch.stack(masks, dim=1).unsqueeze(2).unbind(1)  # [batch, 1]s
-    log_p = log_q = zero = None
-    zs = []
+    lps, lqs, zs = [], [], []
     for t, (encoded_t, z_t) in enumerate(zip(encoded, z_steps)):
         out = step_fn(state, encoded_t, z=z_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, n_particles, where)
-            zero = out.log_p.new_zeros(())
-        lp, lq = out.log_p, out.log_q
-        if valid_k is not None:
-            lp = torch.where(valid_k[t], lp, zero)
-            lq = torch.where(valid_k[t], lq, zero)
-        log_p = lp if log_p is None else log_p + lp
-        log_q = lq if log_q is None else log_q + lq
+        lps.append(out.log_p)
+        lqs.append(out.log_q)
         zs.append(out.z)
         state = out.state
-    return ParticleRun(log_p, log_q, torch.stack(zs, dim=2))
+    # Masked and summed once after the loop: [batch, K, T] -> [batch, K].
+    log_p, log_q = torch.stack(lps, dim=2), torch.stack(lqs, dim=2)
+    if masks is not None:
+        valid = torch.stack(masks, dim=1).unsqueeze(1)  # [batch, 1, T]
+        zero = log_p.new_zeros(())
+        log_p, log_q = torch.where(valid, log_p, zero), torch.where(valid, log_q, zero)
+    return ParticleRun(log_p.sum(dim=2), log_q.sum(dim=2), torch.stack(zs, dim=2))
 
 
 def encode_checked(model, x, lengths, inputs, n_steps: int, where: str) -> Sequence:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from bbvae._math import log_mean_exp, log_normalized_and_ess
+from bbvae._math import log_mean_exp
 from bbvae._validation import check_positive_int, is_validation_enabled
 from bbvae.sequential.base import (
     _check_model,
@@ -245,10 +245,12 @@ def smc(
     # Per step only what the next step needs runs in the loop; what is only reported (the log-Z
     # increments, the ancestors' log-probabilities, dead sequences) is computed once afterwards
     # from the stacked per-step values, with the same arithmetic row by row.
+    # The ancestral lines' log p and log q are also summed afterwards (from the per-step values and
+    # the ancestors), and a dead sequence's ESS (NaN in the loop: never resampled) is set to 0 there.
     valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
-    log_w = log_p = log_q = None
+    log_w = None
     ess, resampled, ancestors, pre_resampling_w, lsm, zs = [], [], [], [], [], []
-    proposal_lp, step_w_list = [], []
+    lp_list, lq_list, step_w_list = [], [], []
     identity = None
     for t, encoded_t in enumerate(encoded):
         out = step_fn(state, encoded_t, reparametrize=reparametrize)
@@ -260,19 +262,19 @@ def smc(
         valid = masks[t] if masks is not None else None
         # The state past a sequence's end is never scored; it is kept only when asked for.
         state = out.state if not (return_state and valid is not None) else tree_where(valid, out.state, state)
-        lp, lq = out.log_p, out.log_q
+        lp_list.append(out.log_p)
+        lq_list.append(out.log_q)
+        step_w = out.log_p - out.log_q
         if valid is not None:
-            lp = torch.where(valid_k[t], lp, zero)
-            lq = torch.where(valid_k[t], lq, zero)
-        step_w = lp - lq
-        proposal_lp.append(lq)
+            step_w = torch.where(valid_k[t], step_w, zero)
         log_w = step_w if log_w is None else log_w + step_w
-        step_w_list.append(log_w.detach())
-        log_p = lp if log_p is None else log_p + lp
-        log_q = lq if log_q is None else log_q + lq
+        detached = log_w.detach()
+        step_w_list.append(detached)
         if return_latents:
             zs.append(out.z)
-        log_norm, step_ess = log_normalized_and_ess(log_w.detach())  # [batch, K], [batch]
+        # [batch, K], [batch]; NaN where every weight is 0 (fixed after the loop)
+        log_norm = torch.log_softmax(detached, dim=1)
+        step_ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=1))
         ess.append(step_ess)
         # Resample where the ESS is low, but never past a sequence's end or at its last step.
         last = t == n_steps - 1
@@ -285,9 +287,9 @@ def smc(
         if masks is not None:
             do = do & masks[t + 1]
         # A sequence whose particles all have zero weight cannot be resampled: its log Z is -inf
-        # whatever follows, so it keeps its particles (and contributes no gradient).
-        do = do & (step_ess > 0)
-        drawn = resample_fn(log_w.detach(), generator=generator)
+        # whatever follows, so it keeps its particles (and contributes no gradient). Its ESS is NaN
+        # here, which compares False above.
+        drawn = resample_fn(detached, generator=generator)
         anc = torch.where(do.unsqueeze(1), drawn, identity)  # [batch, K]
         resampled.append(do)
         ancestors.append(anc)
@@ -298,14 +300,13 @@ def smc(
             log_w = torch.where(do.unsqueeze(1), gathered - gathered.detach(), log_w)
         else:
             log_w = torch.where(do.unsqueeze(1), zero, log_w)
-        # (where not resampled the ancestors are the identity, and the gather changes nothing)
-        log_p = gather_particles(log_p, anc)
-        log_q = gather_particles(log_q, anc)
         state = model.reorder(state, anc)
 
     resampled_t = torch.stack(resampled, dim=1)  # [batch, T]
     ancestors_t = torch.stack(ancestors, dim=1)  # [batch, T, K]
+    step_w_t = torch.stack(step_w_list, dim=1)  # [batch, T, K]
     ess_t = torch.stack(ess, dim=1)
+    ess_t = torch.where(torch.isneginf(step_w_t).all(dim=2), 0.0, ess_t)  # dead: ESS 0
     if is_validation_enabled():
         _warn_dead_sequences(_first_dead_step(ess_t, masks), where)
     increments_t = torch.zeros_like(ess_t, dtype=log_w.dtype)  # [batch, T]
@@ -320,7 +321,14 @@ def smc(
         increments_t = torch.cat([torch.where(done, increment, zero), increments_t[:, span:]], dim=1)
         ancestor_lp_t = torch.cat([torch.where(done, chosen, zero), ancestor_lp_t[:, span:]], dim=1)
     log_z = increments_t.sum(dim=1) + _log_mean_exp(log_w)
-    z = _trace_lines(zs, ancestors_t) if return_latents else None
+    lines = _line_index(ancestors_t) if may_resample else None  # [batch, T, K] or None (identity)
+    lp_t, lq_t = torch.stack(lp_list, dim=1), torch.stack(lq_list, dim=1)  # [batch, T, K]
+    if masks is not None:
+        valid_t = torch.stack(masks, dim=1).unsqueeze(2)
+        lp_t, lq_t = torch.where(valid_t, lp_t, zero), torch.where(valid_t, lq_t, zero)
+    log_p = (lp_t if lines is None else torch.gather(lp_t, 2, lines)).sum(dim=1)
+    log_q = (lq_t if lines is None else torch.gather(lq_t, 2, lines)).sum(dim=1)
+    z = _trace_lines(zs, lines) if return_latents else None
     return SMCResult(
         log_z=log_z,
         log_weights=log_w,
@@ -333,18 +341,28 @@ def smc(
         log_q=log_q,
         z=z,
         state=state if return_state else None,
-        proposal_log_prob=torch.stack(proposal_lp, dim=1),
-        step_log_weights=torch.stack(step_w_list, dim=1),
+        proposal_log_prob=lq_t,
+        step_log_weights=step_w_t,
     )
 
 
-def _trace_lines(zs: list[torch.Tensor], ancestors: torch.Tensor) -> torch.Tensor:
-    """Each final particle's line of latents ``[batch, K, T, ...]`` from per-step ``z_t`` and ancestors."""
+def _line_index(ancestors: torch.Tensor) -> torch.Tensor:
+    """``[batch, T, K]``: the particle at step ``t`` on the ancestral line of each final particle.
+
+    ``ancestors`` ``[batch, T, K]``: after step ``t``, particle ``k`` continues ``ancestors[b, t, k]``.
+    """
     steps = ancestors.unbind(1)  # T tensors [batch, K]
     index = steps[-1]  # the last step is never resampled: the identity
-    lines = []
-    for t in range(len(zs) - 1, -1, -1):
-        # after step t, particle k continues particle steps[t][:, k] of step t
-        index = torch.gather(steps[t], 1, index) if t < len(zs) - 1 else index
-        lines.append(gather_particles(zs[t], index))
-    return torch.stack(lines[::-1], dim=2)
+    lines = [index]
+    for t in range(len(steps) - 2, -1, -1):
+        index = torch.gather(steps[t], 1, index)  # after step t, particle k continues steps[t][:, k]
+        lines.append(index)
+    return torch.stack(lines[::-1], dim=1)
+
+
+def _trace_lines(zs: list[torch.Tensor], lines: torch.Tensor | None) -> torch.Tensor:
+    """Each final particle's line of latents ``[batch, K, T, ...]`` from per-step ``z_t`` ``[batch, K, ...]``
+    and :func:`_line_index` (``None``: no resampling, the identity)."""
+    if lines is None:
+        return torch.stack(zs, dim=2)
+    return torch.stack([gather_particles(z_t, index) for z_t, index in zip(zs, lines.unbind(1))], dim=2)

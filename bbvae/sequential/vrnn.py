@@ -46,6 +46,7 @@ from bbvae.sequential.nets import (
     step_cell,
     zero_rnn_state,
 )
+from bbvae.sequential.vrnn_fused import fused_applies, fused_step, fused_weights
 
 
 class VRNN(NeuralSequentialModel):
@@ -82,6 +83,9 @@ class VRNN(NeuralSequentialModel):
     """
 
     has_rsample = True
+    #: Run the fused step where it applies (:mod:`bbvae.sequential.vrnn_fused`); False: the general
+    #: step, which calls the cell and every MLP as modules (e.g. for forward hooks).
+    fuse = True
 
     def __init__(
         self,
@@ -130,14 +134,24 @@ class VRNN(NeuralSequentialModel):
     ):
         """Per-step items ``{"x", "xf", "qx", "u"}``: ``x_t``, ``phi_x(x_t)``, its proposal projection.
 
+        Where the fused step applies (:mod:`bbvae.sequential.vrnn_fused`) the items are instead
+        ``{"x", "xf", "u", "pre", "fused"}``: ``"pre"`` ``[batch, 1, 3F + 4H]`` the x-only
+        pre-activations, ``"fused"`` the stacked weights (the same dict in every item).
+
         Under scheduled sampling (training only) each item also holds ``"truth"`` ``[batch]`` bool:
         the recurrence is then fed ``phi_x`` of ``x_t`` or of the model's own draw, per step.
         """
         x, inputs = self.prepare(x, lengths, inputs)
         feedback = self.feedback(x)
         xf = self.x_features(x)  # [batch, T, encoded]: one encoder call per sequence
-        qx = self.proposal.project(1, xf)  # [batch, T, first proposal layer]
         us = inputs.unbind(1) if inputs is not None else [None] * x.shape[1]
+        if feedback is None and fused_applies(self):  # the fused step (bbvae.sequential.vrnn_fused)
+            fused, pre = fused_weights(self, xf, inputs)
+            return [
+                {"x": x_t, "xf": xf_t, "u": u_t, "pre": pre_t, "fused": fused}
+                for x_t, xf_t, u_t, pre_t in zip(x.unbind(1), xf.unbind(1), us, pre.unbind(0))
+            ]
+        qx = self.proposal.project(1, xf)  # [batch, T, first proposal layer]
         items = [
             {"x": x_t, "xf": xf_t, "qx": qx_t, "u": u_t}
             for x_t, xf_t, qx_t, u_t in zip(x.unbind(1), xf.unbind(1), qx.unbind(1), us)
@@ -157,6 +171,8 @@ class VRNN(NeuralSequentialModel):
         return torch.cat([h, u.expand(*h.shape[:2], u.shape[-1])], dim=-1)  # [batch, K, hidden + input]
 
     def step(self, state: dict, encoded_t: dict, z: torch.Tensor | None = None, reparametrize: bool = True):
+        if "fused" in encoded_t:
+            return StepOutput(*fused_step(self, state, encoded_t, z, reparametrize))
         h = state["h"]
         batch, k, _ = h.shape
         u = encoded_t["u"].unsqueeze(1) if encoded_t["u"] is not None else None
