@@ -161,6 +161,13 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "inverse_sigmoid:k=1000, linear:k=1e-4,eps_min=0.1, exponential:k=0.999 (default: teacher forcing)",
     )
     train.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="run the model's step compiled with torch.compile (faster for small batches and few "
+        "particles on the CPU; the first steps compile; eager fallback with a warning)",
+    )
+    train.add_argument(
         "--eval-every", type=positive_int, help="validate on the valid split every N steps (keeps best.pt)"
     )
     train.add_argument(

@@ -85,6 +85,8 @@ class SequenceModelBuilder:
         check_int("checkpoint_every", self.checkpoint_every, where)
         check_random_state(self.random_state, where)
         parse_scheduled_sampling(self.scheduled_sampling, where)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"{where}: expected compile to be a bool, got {self.compile!r}")
         if self.scheduled_sampling is not None:
             feeds_back = (
                 callable(getattr(self.model, "set_scheduled_sampling", None))
@@ -213,6 +215,8 @@ class SequenceModelBuilder:
             else "custom"
         )
         model = self._build_model(info, observation, device)
+        if self.compile:
+            model.compile_step()
         self.model_ = model
         self.loss_ = self._build_loss(model)
         self.observation_ = observation

@@ -304,3 +304,35 @@ def test_an_error_of_the_step_itself_is_raised_and_compilation_stays_on(monkeypa
             run_particles(model, x, 2)
     compiled = model_step(model)
     assert compiled is not model.step and not compiled.failed
+
+
+def test_sequence_model_and_cli_compile_option(monkeypatch, tmp_path):
+    import json
+
+    from bbvae.cli import main
+    from bbvae.sequential import SequenceModel
+    from bbvae.sequential.compiled import CompiledStep
+
+    calls = []
+
+    def passthrough(fn, **options):  # stands in for torch.compile: records, changes nothing
+        calls.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", passthrough)
+    g = torch.Generator().manual_seed(3)
+    seqs = [(torch.rand(n, 6, generator=g) < 0.3).float() for n in (5, 7, 4, 6)]
+    common = dict(latent_size=3, max_steps=3, batch_size=2, random_state=0)
+    plain = SequenceModel(**common).fit(seqs)
+    compiled = SequenceModel(**common, compile=True).fit(seqs)
+    assert isinstance(model_step(compiled.model_), CompiledStep) and len(calls) == 1
+    assert model_step(plain.model_) == plain.model_.step
+    assert compiled.loss_history_ == plain.loss_history_  # the same steps, run through the wrapper
+    with pytest.raises(TypeError, match="expected compile to be a bool, got 'yes'"):
+        SequenceModel(**common, compile="yes").fit(seqs)
+
+    logdir = tmp_path / "run"
+    args = ["train", "--logdir", str(logdir), "--dataset-type", "synthetic", "--max-steps", "2"]
+    assert main([*args, "--latent-size", "2", "--compile"]) == 0
+    assert json.loads((logdir / "config.json").read_text())["settings"]["compile"] is True
+    assert len(calls) == 2
