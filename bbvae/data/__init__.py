@@ -22,7 +22,7 @@ device from the ``dtype`` / ``device`` arguments only.
 """
 
 from .audio import FRAME_SIZE, AudioData, load_audio, read_wav, write_wav
-from .batching import SequenceBatch, batch_indices, collate_sequences
+from .batching import SequenceBatch, batch_indices, collate_sequences, pad_sequences
 from .datasets import SequenceDataset, TensorRows, collate_fn_of, sequence_lengths
 from .midi import load_midi_folder, midi_to_pianoroll, pianoroll_to_midi
 from .pianoroll import (
@@ -42,7 +42,7 @@ from .pianoroll import (
     roll_to_notes,
 )
 from .samplers import BucketBatchSampler, RandomBatchSampler, padding_fraction
-from .synthetic import SyntheticData, gaussian_hmm_data, pad_sequences
+from .synthetic import SyntheticData, gaussian_hmm_data
 from .text import (
     TextData,
     TextDataset,

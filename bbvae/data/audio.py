@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .batching import SequenceBatch, batch_indices, collate_sequences
+from .batching import SequenceBatch, batch_indices, pad_sequences
 from .datasets import SequenceDataset
 
 __all__ = ["FRAME_SIZE", "AudioData", "load_audio", "read_wav", "write_wav"]
@@ -221,8 +221,7 @@ class AudioData:
             sort_by_length=sort_by_length,
         )
         for idx in order:
-            b = collate_sequences([seqs[i] for i in idx])
-            yield SequenceBatch(b.x.to(dtype=dtype, device=device), b.lengths.to(device), None)
+            yield pad_sequences([seqs[i] for i in idx], dtype=dtype, device=device)
 
     def to_waveform(self, frames) -> np.ndarray:
         """Normalised frames ``[..., T, frame_size]`` back to samples ``[..., T * frame_size]`` (float64)."""

@@ -139,3 +139,10 @@ def collate_sequences(items: Sequence, inputs: Sequence[torch.Tensor] | None = N
         steps = [torch.as_tensor(u) for u in inputs]
         padded_inputs = torch.nn.utils.rnn.pad_sequence(steps, batch_first=True)  # [B, T_max, d_in]
     return SequenceBatch(x, lengths, padded_inputs)
+
+
+def pad_sequences(seqs: Sequence[torch.Tensor], *, dtype=torch.float32, device=None) -> SequenceBatch:
+    """Stack ``[T_i, ...]`` tensors into ``x`` ``[B, max T_i, ...]`` with zeros past each length,
+    as ``dtype`` on ``device`` (no side inputs)."""
+    batch = collate_sequences(seqs)
+    return SequenceBatch(batch.x.to(dtype=dtype, device=device), batch.lengths.to(device), None)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bbvae.data.batching import SequenceBatch, batch_indices, collate_sequences
+from bbvae.data.batching import SequenceBatch, batch_indices, pad_sequences
 from bbvae.data.datasets import SequenceDataset
 
 __all__ = ["SyntheticData", "gaussian_hmm_data"]
@@ -74,12 +74,6 @@ class SyntheticData:
     def full_batch(self, name: str, *, dtype=torch.float32, device=None) -> SequenceBatch:
         """The whole split as one padded batch."""
         return pad_sequences(self.split(name), dtype=dtype, device=device)
-
-
-def pad_sequences(seqs: list[torch.Tensor], *, dtype=torch.float32, device=None) -> SequenceBatch:
-    """Stack ``[T_i, ...]`` tensors into ``x`` ``[B, max T_i, ...]`` with zeros past each length."""
-    batch = collate_sequences(seqs)
-    return SequenceBatch(batch.x.to(dtype=dtype, device=device), batch.lengths.to(device), None)
 
 
 def gaussian_hmm_data(
