@@ -29,6 +29,7 @@ from bbvae.sequential.nets import (
     draw_normal,
     make_rnn,
     normal_log_prob,
+    particle_context,
     standard_normal_log_prob,
     step_rnn,
     zero_rnn_state,
@@ -142,10 +143,7 @@ class IndependentVAE(NeuralSequentialModel):
     def _scheduled_step(self, state: dict, encoded_t: dict, z, reparametrize: bool) -> StepOutput:
         """A step whose context ``c_t = [h_{t-1}, u_t]`` comes from the fed-back observations."""
         h = state["h"]  # [batch, K, hidden]
-        batch, k, _ = h.shape
-        u = encoded_t["u"]
-        u = u.unsqueeze(1).to(h.dtype).expand(batch, k, -1) if u is not None else None
-        ctx = h if u is None else torch.cat([h, u], dim=-1)
+        ctx = particle_context(h, encoded_t["u"])
         q_pre = self.proposal.project(0, ctx) + encoded_t["qx"].unsqueeze(1)
         q_loc, q_scale = self.proposal.params(self.proposal.finish(q_pre))
         if z is None:
@@ -159,7 +157,7 @@ class IndependentVAE(NeuralSequentialModel):
             sample = self.observation.sample(self.decoder(torch.cat([ctx, z_prior], dim=-1)))
         xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
         recurrent = {key: value for key, value in state.items() if key != "z"}
-        new_state = step_rnn(self.rnn, xf if u is None else torch.cat([xf, u], dim=-1), recurrent)
+        new_state = step_rnn(self.rnn, particle_context(xf, encoded_t["u"]), recurrent)
         new_state["z"] = z
         return StepOutput(new_state, z, log_p, log_q)
 

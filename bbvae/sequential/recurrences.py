@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = [
     "causal_context",
+    "particle_context",
     "check_cell",
     "context_after",
     "final_rnn_state",
@@ -143,3 +144,11 @@ def reverse_padded(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Ten
     index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # [batch, T]
     index = index.reshape(*index.shape, *([1] * (seq.dim() - 2))).expand_as(seq)
     return torch.gather(seq, 1, index)
+
+
+def particle_context(h: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+    """The per-particle context ``c_t = [h, u_t]`` ``[batch, K, hidden + d_in]`` of a recurrent
+    state ``h`` ``[batch, K, hidden]`` and side inputs ``u`` ``[batch, d_in]`` (or ``h`` alone)."""
+    if u is None:
+        return h
+    return torch.cat([h, u.unsqueeze(1).to(h.dtype).expand(*h.shape[:2], -1)], dim=-1)

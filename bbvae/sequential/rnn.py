@@ -22,6 +22,7 @@ from bbvae.sequential.nets import (
     context_after,
     length_mask,
     make_rnn,
+    particle_context,
     step_rnn,
     zero_rnn_state,
 )
@@ -139,15 +140,13 @@ class RNN(NeuralSequentialModel):
         """One step of the recurrence fed the mixed observation (leaves ``[batch, K, hidden]``)."""
         h = state["h"]
         batch, k, _ = h.shape
-        u = encoded_t["u"]
-        u = u.unsqueeze(1).to(h.dtype).expand(batch, k, -1) if u is not None else None
-        ctx = h if u is None else torch.cat([h, u], dim=-1)
+        ctx = particle_context(h, encoded_t["u"])
         params = self.decoder(ctx)
         log_p = self.observation.log_prob(params, encoded_t["x"].unsqueeze(1))  # [batch, K]
         with torch.no_grad():
             sample = self.observation.sample(params)  # the model's own x_t, per particle
         xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
-        new_state = step_rnn(self.rnn, xf if u is None else torch.cat([xf, u], dim=-1), state)
+        new_state = step_rnn(self.rnn, particle_context(xf, encoded_t["u"]), state)
         empty = h.new_zeros(batch, k, 0)
         return StepOutput(new_state, empty if z is None else z, log_p, torch.zeros_like(log_p))
 

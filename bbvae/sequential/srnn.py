@@ -37,6 +37,7 @@ from bbvae.sequential.nets import (
     draw_normal,
     make_rnn,
     normal_log_prob,
+    particle_context,
     reverse_padded,
     step_rnn,
     zero_rnn_state,
@@ -177,10 +178,7 @@ class SRNN(NeuralSequentialModel):
     def _scheduled_step(self, state: dict, encoded_t: dict, z, reparametrize: bool) -> StepOutput:
         """A step whose context ``c_t = [d_t, u_t]`` comes from the fed-back observations (per particle)."""
         d = state["h"]  # [batch, K, hidden]
-        batch, k, _ = d.shape
-        u = encoded_t["u"]
-        u = u.unsqueeze(1).to(d.dtype).expand(batch, k, -1) if u is not None else None
-        ctx = d if u is None else torch.cat([d, u], dim=-1)
+        ctx = particle_context(d, encoded_t["u"])
         pc = self.prior.project(1, ctx)
         z, log_p, log_q, (p_loc, p_scale) = self._weigh(state["z"], pc, ctx, encoded_t, z, reparametrize)
         with torch.no_grad():  # the model's own x_t: z'_t from the prior, x_t from the emission
@@ -188,7 +186,7 @@ class SRNN(NeuralSequentialModel):
             sample = self.observation.sample(self.decoder(torch.cat([z_prior, ctx], dim=-1)))
         xf = self.recurrent_input(self.fed_features(encoded_t["truth"], encoded_t["x"], sample))
         recurrent = {key: value for key, value in state.items() if key != "z"}
-        new_state = step_rnn(self.forward_rnn, xf if u is None else torch.cat([xf, u], dim=-1), recurrent)
+        new_state = step_rnn(self.forward_rnn, particle_context(xf, encoded_t["u"]), recurrent)
         new_state["z"] = z
         return StepOutput(new_state, z, log_p, log_q)
 
