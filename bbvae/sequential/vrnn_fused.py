@@ -10,9 +10,15 @@ projection, the side inputs' shares, every first-layer bias) is one batched ``[b
 linear map in :meth:`VRNN.encode`. The prior's and the proposal's second layers are one block-
 diagonal matmul, and both scales one softplus.
 
-It applies to the default networks (one hidden layer per MLP, the default decoder, an LSTM cell),
-with dropout inactive and no scheduled-sampling feedback; other configurations run the general
-step. Values agree with the general step up to float rounding (summation order).
+It applies to the default networks (one hidden layer per MLP, the default decoder, an LSTM cell)
+without scheduled-sampling feedback; other configurations run the general step. Values agree with
+the general step up to float rounding (summation order).
+
+Dropout in training: the fused step draws the general step's dropout masks, with the same shapes in
+the same order (prior hidden, proposal hidden, then the z draw, the z-encoder's hidden, the
+decoder's hidden, the recurrent input ``[phi_x, phi_z, u]``), so a seeded pass gives the general
+step's numbers with dropout on too. The recurrent input's mask is per particle, so the LSTM's input
+projection of ``phi_x`` and of the side inputs is then computed per step, not per sequence.
 
 Sizes: ``H`` recurrent state, ``F`` hidden units, ``E`` features, ``Z`` latents, ``U`` side inputs.
 """
@@ -29,30 +35,37 @@ from bbvae.sequential.gaussian import MIN_SCALE, RAW_SCALE_BIAS, normal_log_prob
 __all__ = ["fused_applies", "fused_step", "fused_weights"]
 
 
-def _relu(module: nn.Module) -> bool:
-    """A ReLU, or :func:`bbvae.models.mlp`'s ``ReLU, Dropout`` slot (dropout inactive on this path)."""
+def _relu_dropout(module: nn.Module) -> float | None:
+    """The dropout rate of a ReLU slot (0.0 for a bare ReLU, ``p`` for :func:`bbvae.models.mlp`'s
+    ``ReLU, Dropout(p)``), or ``None`` when ``module`` is no such slot."""
+    p = 0.0
     if isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[1], nn.Dropout):
-        module = module[0]
-    return isinstance(module, nn.ReLU)
+        module, p = module[0], float(module[1].p)
+    return p if isinstance(module, nn.ReLU) else None
 
 
-def _plain_mlp(net: nn.Module) -> bool:
+def _relu(module: nn.Module, dropout: float) -> bool:
+    """A ReLU slot whose dropout rate is the model's (0.0 or ``dropout``)."""
+    return _relu_dropout(module) in (0.0, dropout)
+
+
+def _plain_mlp(net: nn.Module, dropout: float) -> bool:
     """``Linear, ReLU, Linear``: one hidden layer."""
     return (
         isinstance(net, nn.Sequential)
         and len(net) == 3
         and isinstance(net[0], nn.Linear)
-        and _relu(net[1])
+        and _relu(net[1], dropout)
         and isinstance(net[2], nn.Linear)
     )
 
 
-def _plain_head(head) -> bool:
+def _plain_head(head, dropout: float) -> bool:
     tail = head.tail
     return (
         len(head.hidden_sizes) == 1
         and isinstance(tail, nn.Sequential)
-        and _relu(tail[0])
+        and _relu(tail[0], dropout)
         and isinstance(tail[1], nn.Sequential)
         and len(tail[1]) == 1
         and isinstance(tail[1][0], nn.Linear)
@@ -62,14 +75,15 @@ def _plain_head(head) -> bool:
 def fused_applies(model) -> bool:
     """Whether ``model`` (a VRNN) can run the fused step in its current mode (``model.fuse = False``
     turns it off: then the general step runs, calling every submodule)."""
-    if not model.fuse or model.cell_type != "lstm" or (model.dropout > 0 and model.training):
+    if not model.fuse or model.cell_type != "lstm":
         return False
     # (checked at every encode, once per sequence: a replaced submodule is seen at once)
+    p = model.dropout
     return (
-        _plain_mlp(model.decoder)
-        and _plain_mlp(model.z_encoder)
-        and _plain_head(model.prior)
-        and _plain_head(model.proposal)
+        _plain_mlp(model.decoder, p)
+        and _plain_mlp(model.z_encoder, p)
+        and _plain_head(model.prior, p)
+        and _plain_head(model.proposal, p)
         and isinstance(model.cell, nn.LSTMCell)
         and model.cell.bias
     )
@@ -105,14 +119,28 @@ class _PerStepLinear(torch.autograd.Function):
         return grad_feats, grad_weight, grad_bias
 
 
+def _dropout_rate(model) -> float:
+    """The dropout rate in force for this pass: ``model.dropout`` in training, else 0."""
+    return model.dropout if model.training and model.dropout > 0 else 0.0
+
+
+def _dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """The mask ``F.dropout`` would multiply ``like`` by (0 or ``1 / (1 - p)``), from the same draws."""
+    return F.dropout(torch.ones_like(like), p, training=True)
+
+
 def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
     """The stacked weights (a dict) and the x-only pre-activations ``[T, batch, 3F + 4H]``.
+
+    With dropout active the LSTM block of the pre-activations holds only the gates' biases (the
+    recurrent input is masked per particle, inside the step).
 
     Args:
         xf: ``phi_x(x)`` ``[batch, T, E]``.
         inputs: side inputs ``[batch, T, U]`` or ``None``.
     """
     hid, n_in, enc = model.hidden_size, model.input_size, model.encoded_size
+    drop = _dropout_rate(model)
     wp, wq, wd = model.prior.inputs[0].weight, model.proposal.inputs[0].weight, model.decoder[0].weight
     cell = model.cell
     # The LSTM's gate rows reordered from nn.LSTMCell's (i, f, g, o) to (i, f, o, g): one sigmoid.
@@ -127,7 +155,8 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
     w_z = torch.cat([wd[:, hid + n_in :], w_ih[:, enc : 2 * enc]], dim=0)
     # x-only pre-activations (with every first-layer bias), batched over [batch, T].
     xw = torch.cat([xf.new_zeros(wp.shape[0], enc), model.proposal.inputs[1].weight], dim=0)
-    xw = torch.cat([xw, xf.new_zeros(wd.shape[0], enc), w_ih[:, :enc]], dim=0)  # [3F + 4H, E]
+    gates_x = w_ih[:, :enc] if not drop else torch.zeros_like(w_ih[:, :enc])
+    xw = torch.cat([xw, xf.new_zeros(wd.shape[0], enc), gates_x], dim=0)  # [3F + 4H, E]
     bias = torch.cat(
         [
             model.prior.bias,
@@ -138,9 +167,8 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
     )
     feats = xf
     if inputs is not None and n_in > 0:
-        uw = torch.cat(
-            [wp[:, hid:], wq[:, hid:], wd[:, hid : hid + n_in], w_ih[:, 2 * enc :]], dim=0
-        )  # [3F + 4H, U]
+        gates_u = w_ih[:, 2 * enc :] if not drop else torch.zeros_like(w_ih[:, 2 * enc :])
+        uw = torch.cat([wp[:, hid:], wq[:, hid:], wd[:, hid : hid + n_in], gates_u], dim=0)  # [3F + 4H, U]
         feats, xw = torch.cat([xf, inputs], dim=-1), torch.cat([xw, uw], dim=1)
     # One matmul per time step (a batched bmm, [T, batch, ...]): each step's rows then do not depend
     # on T, so a sequence cut at its length gives bitwise the numbers of the padded one.
@@ -167,7 +195,13 @@ def fused_weights(model, xf: torch.Tensor, inputs: torch.Tensor | None) -> tuple
             model.z_encoder[2].bias,
         ),
         "dec": (model.decoder[2].weight, model.decoder[2].bias),
+        "dropout": drop,
     }
+    if drop:
+        # Masked per particle, the recurrent input [phi_x, phi_z, u] is projected inside the step;
+        # phi_z(z_t) then reaches the decoder through its own matmul.
+        weights["w_in"] = w_ih  # [4H, 2E + U], gates (i, f, o, g)
+        weights["w_dz"] = wd[:, hid + n_in :]  # [F, E]
     return weights, pre
 
 
@@ -182,9 +216,15 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     h, c = state["h"], state["c"]
     batch, k, n_h = h.shape
     rows = batch * k
+    drop = fw["dropout"]
     pre = (torch.matmul(h, fw["w_h"].t()) + item["pre"]).view(rows, -1)  # [batch * K, 3F + 4H]
     pq, d_h, g_h = pre.split([n_pq, n_d, n_g], dim=-1)
-    out2 = F.linear(torch.relu(pq), fw["w2"], fw["b2"])  # [batch * K, 4Z]
+    hidden = torch.relu(pq)  # [batch * K, 2F]: prior's, proposal's
+    if drop:  # the prior's mask, then the proposal's (the general step's order)
+        half = n_pq // 2
+        masks = torch.stack([_dropout_mask(hidden[:, :half], drop), _dropout_mask(hidden[:, half:], drop)], 1)
+        hidden = (hidden.view(rows, 2, half) * masks).view(rows, n_pq)
+    out2 = F.linear(hidden, fw["w2"], fw["b2"])  # [batch * K, 4Z]
     locs, raws = out2.split(2 * n_z, dim=-1)
     scales = F.softplus(raws) + MIN_SCALE  # (RAW_SCALE_BIAS is in b2)
     p_loc, q_loc = locs.split(n_z, dim=-1)
@@ -202,9 +242,18 @@ def fused_step(model, state: dict, item: dict, z: torch.Tensor | None, reparamet
     else:
         z_flat = z.reshape(rows, n_z)
     w1, b1, w2, b2 = fw["z_enc"]
-    zf = F.linear(torch.relu(F.linear(z_flat, w1, b1)), w2, b2)
-    d_z, g_z = torch.mm(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
-    params = F.linear(torch.relu(d_h + d_z), *fw["dec"]).view(batch, k, -1)
+    if not drop:
+        zf = F.linear(torch.relu(F.linear(z_flat, w1, b1)), w2, b2)
+        d_z, g_z = torch.mm(zf, fw["w_z"].t()).split([n_d, n_g], dim=-1)
+        params = F.linear(torch.relu(d_h + d_z), *fw["dec"]).view(batch, k, -1)
+    else:
+        zf = F.linear(F.dropout(torch.relu(F.linear(z_flat, w1, b1)), drop, training=True), w2, b2)
+        d_hidden = F.dropout(torch.relu(d_h + torch.mm(zf, fw["w_dz"].t())), drop, training=True)
+        params = F.linear(d_hidden, *fw["dec"]).view(batch, k, -1)
+        parts = [item["xf"].unsqueeze(1).expand(batch, k, -1).reshape(rows, -1), zf]
+        if item["u"] is not None:
+            parts.append(item["u"].unsqueeze(1).expand(batch, k, -1).reshape(rows, -1))
+        g_z = torch.mm(F.dropout(torch.cat(parts, dim=-1), drop, training=True), fw["w_in"].t())
     log_px = model.observation.log_prob(params, item["x"].unsqueeze(1))  # [batch, K]
     log_p = normal_log_prob(z_flat, p_loc, p_scale).view(batch, k) + log_px
     log_q = normal_log_prob(z_flat, q_loc, q_scale).view(batch, k)

@@ -73,8 +73,12 @@ def test_fused_step_applies_to_the_default_lstm_vrnn_only(seq):
     replaced.decoder = nn.Sequential(nn.Linear(replaced.decoder_input_size, x.shape[-1])).double()
     assert not _fused_items(replaced, x)  # checked at every encode
     dropped = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.3)
-    assert not _fused_items(dropped.train(), x)  # dropout active: the general step
-    assert _fused_items(dropped.eval(), x)  # inactive: the fused step
+    assert _fused_items(dropped.train(), x)  # dropout active: the fused step draws the masks
+    assert _fused_items(dropped.eval(), x)
+    assert dropped.encode(x)[0]["fused"]["dropout"] == 0.0  # off in evaluation
+    odd = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.3)
+    odd.decoder[1][1].p = 0.1  # a layer whose rate is not the model's: the general step
+    assert not _fused_items(odd.train(), x)
     scheduled = seq.neural(VRNN, "bernoulli", "lstm").set_scheduled_sampling("constant:eps=0.5").train()
     with torch.enable_grad():
         assert not _fused_items(scheduled, x)  # feedback: the general step
@@ -86,3 +90,37 @@ def test_fused_step_keeps_the_state_dict(seq):
     run_particles(model, seq.make_x("bernoulli", 2, 3), 2)
     assert {name: tuple(v.shape) for name, v in model.state_dict().items()} == names
     assert "cell.weight_hh" in names and "prior.inputs.0.weight" in names
+
+
+@pytest.mark.parametrize("observation", ["bernoulli", "normal"])
+@pytest.mark.parametrize("input_size", [0, 2])
+def test_fused_step_with_dropout_draws_the_general_steps_masks(seq, observation, input_size):
+    # Same seed, same masks in the same order: the fused step's values and gradients are the
+    # general step's with dropout active. A fused step that drew its masks in another order or
+    # shape, or masked the recurrent input per sequence instead of per particle, fails this.
+    torch.manual_seed(0)
+    model = seq.neural(VRNN, observation, "lstm", input_size=input_size, dropout=0.4).train()
+    x = seq.make_x(observation, 3, 6)
+    lengths = torch.tensor([6, 2, 4])
+    inputs = torch.randn(3, 6, input_size, dtype=torch.float64) if input_size else None
+    assert model.encode(x, lengths, inputs)[0]["fused"]["dropout"] == 0.4
+    fused = _run(model, x, lengths, inputs, True)
+    general = _run(model, x, lengths, inputs, False)
+    for a, b in zip(fused[0] + fused[1], general[0] + general[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    model.eval()
+    plain = _run(model, x, lengths, inputs, True)
+    assert not torch.allclose(plain[0][0], fused[0][0])  # the masks changed the numbers
+
+
+@pytest.mark.parametrize("gradient", ["none", "score", "stop_gradient"])
+def test_fused_step_with_dropout_gives_the_general_fivo_bound_and_gradients(seq, gradient):
+    torch.manual_seed(1)
+    model = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.25).train()
+    x = seq.make_x("bernoulli", 4, 7)
+    lengths = torch.tensor([7, 3, 1, 5])
+    loss = FIVO(model.inf_net, model.gen_model, n_particles=5, ess_threshold=0.7, gradient=gradient)
+    fused = _run(model, x, lengths, None, True, loss)
+    general = _run(model, x, lengths, None, False, loss)
+    for a, b in zip(fused[0] + fused[1], general[0] + general[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
