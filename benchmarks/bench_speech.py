@@ -10,9 +10,12 @@ utterance (the VRNN paper) and per frame (FIVO), higher is better.
 
     python -m benchmarks.bench_speech --steps 300 --seeds 0 --out-dir benchmarks/results/speech
 
-Writes ``{config}_seed{seed}.json`` per run and ``summary.json``, prints a Markdown table, and with
-``--samples`` a prefix-conditioned sample of the best latent model (``samples_{config}/``: WAV
-files and ``samples.png``).
+Writes ``{config}_seed{seed}.json`` per run and ``summary.json``, prints a Markdown table (with
+several seeds also the mean ± standard deviation across seeds of every model and bound,
+``summary.json``'s ``across_seeds``), and with ``--samples`` a prefix-conditioned sample of the best
+latent model (``samples_{config}/``: WAV files and ``samples.png``).
+``--summarise`` only reads the ``{config}_seed{seed}.json`` files of ``--out-dir`` and prints the
+across-seed table.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", action="store_true", help="write WAV samples of the best latent model")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results/speech"))
+    p.add_argument("--summarise", action="store_true", help="only aggregate the run files of --out-dir")
     return p
 
 
@@ -134,6 +138,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def across_seeds(rows: list[dict]) -> dict:
+    """Per config and test bound: mean and sample standard deviation across seeds (nats per frame and
+    per utterance), the seeds, the mean training CPU seconds."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["config"] for r in rows):
+        runs = [r for r in rows if r["config"] == name]
+        cpu = statistics.fmean(r["train_cpu_s"] for r in runs)
+        seeds = [r["seed"] for r in runs]
+        entry = {"seeds": seeds, "train_cpu_s": cpu, "steps": runs[0]["steps"], "bounds": {}}
+        for bound in runs[0]["bounds"]:
+            for unit in ("per_frame", "per_utterance"):
+                values = [r["bounds"][bound][unit] for r in runs]
+                sd = statistics.stdev(values) if len(values) > 1 else None
+                entry["bounds"].setdefault(bound, {})[unit] = {"mean": statistics.fmean(values), "std": sd,
+                                                               "values": values}  # fmt: skip
+        out[name] = entry
+    return out
+
+
+def seed_table(summary: dict) -> str:
+    """Markdown: one row per config, mean ± std across seeds of nats per frame for every test bound."""
+    lines = [
+        "| model | seeds | exact | ELBO | IWAE | FIVO | steps | train CPU s (mean) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, e in summary.items():
+        cells = []
+        for bound in ("exact", "elbo", "iwae", "fivo"):
+            v = e["bounds"].get(bound, {}).get("per_frame")
+            cells.append("" if v is None else f"{v['mean']:.1f} ± {v['std']:.1f}" if v["std"] is not None
+                         else f"{v['mean']:.1f}")  # fmt: skip
+        seeds = ",".join(str(s) for s in e["seeds"])
+        lines.append(f"| {name} | {seeds} | {' | '.join(cells)} | {e['steps']} | {e['train_cpu_s']:.0f} |")
+    return "\n".join(lines)
+
+
 def write_samples(est, data, name: str, out_dir: Path, test: list[torch.Tensor]) -> list[str]:
     from bbvae.cli.audio_files import write_audio_samples
     from bbvae.data.batching import collate_sequences
@@ -152,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     from bbvae.data import load_audio
 
     args = build_parser().parse_args(argv)
+    if args.summarise:
+        rows = [json.loads(f.read_text()) for f in sorted(args.out_dir.glob("*_seed*.json"))]
+        order = {name: i for i, name in enumerate(CONFIGS)}
+        rows.sort(key=lambda r: (order.get(r["config"], len(order)), r["seed"]))
+        print(seed_table(across_seeds(rows)))
+        return 0
     torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.process_time()
@@ -179,11 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_cpu_s": round(load_cpu, 2),
         "total_cpu_s": round(time.process_time() - t0, 2),
         "runs": rows,
+        "across_seeds": across_seeds(rows),
     }
     if args.samples and best is not None:
         summary["samples"] = write_samples(best[2], data, best[1], args.out_dir, test)
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table(rows))
+    if len(args.seeds) > 1:
+        print(seed_table(summary["across_seeds"]))
     print(f"total CPU {summary['total_cpu_s']:.0f} s")
     return 0
 

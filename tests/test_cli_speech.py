@@ -88,7 +88,7 @@ def test_speech_train_eval_sample(tmp_path, capsys, model, observation):
         (["--dataset-type", "speech"], "--dataset-type speech needs --dataset-path"),
         (["--dataset-type", "speech", "--dataset-path", "{tmp}/f.txt"], "expected --dataset-path to be a"),
         (["--frame-size", "100"], "--frame-size and --chunk-length belong to --dataset-type speech"),
-        (["--dataset-type", "speech", "--dataset-path", "{tmp}"], "holds 0 .wav file(s)"),
+        (["--dataset-type", "speech", "--dataset-path", "{tmp}"], "holds 0 audio file(s)"),
     ],
 )
 def test_speech_errors(argv, message, tmp_path, capsys):

@@ -10,8 +10,9 @@ device from the ``dtype`` / ``device`` arguments only.
 - :mod:`bbvae.data.text`: character-level text (one-hot previous character as inputs).
 - :mod:`bbvae.data.midi`: MIDI files to piano rolls and back (optional dependency ``mido``;
   imported lazily by its functions).
-- :mod:`bbvae.data.audio`: raw audio (a folder of WAV files or the shared speech corpus) as
-  normalised frames of ``frame_size`` samples (the VRNN paper's speech setting).
+- :mod:`bbvae.data.audio`: raw audio (a folder of WAV files, FLAC/OGG with the optional
+  ``soundfile`` (extra ``audio``, imported lazily), or the shared speech corpus) as normalised
+  frames of ``frame_size`` samples (the VRNN paper's speech setting).
 - :mod:`bbvae.data.synthetic`: sequences drawn from a GaussianHMM with known parameters.
 - :mod:`bbvae.data.batching`: :class:`SequenceBatch`, :func:`collate_sequences` (the one collate
   function) and the batch order.
@@ -21,7 +22,17 @@ device from the ``dtype`` / ``device`` arguments only.
   bucketing) and :func:`padding_fraction`.
 """
 
-from .audio import FRAME_SIZE, AudioData, load_audio, read_wav, write_wav
+from .audio import (
+    AUDIO_BACKENDS,
+    FRAME_SIZE,
+    SOUNDFILE_SUFFIXES,
+    AudioData,
+    import_soundfile,
+    load_audio,
+    read_audio,
+    read_wav,
+    write_wav,
+)
 from .batching import SequenceBatch, batch_indices, collate_sequences, pad_sequences
 from .datasets import SequenceDataset, TensorRows, collate_fn_of, sequence_lengths
 from .midi import load_midi_folder, midi_to_pianoroll, pianoroll_to_midi
@@ -54,9 +65,13 @@ from .text import (
 )
 
 __all__ = [
+    "AUDIO_BACKENDS",
     "FRAME_SIZE",
+    "SOUNDFILE_SUFFIXES",
     "AudioData",
+    "import_soundfile",
     "load_audio",
+    "read_audio",
     "read_wav",
     "write_wav",
     "HIGHEST_NOTE",

@@ -13,11 +13,23 @@ Sources (:func:`load_audio`):
 * a folder holding ``train.npz``, ``valid.npz``, ``test.npz``, each with ``audio`` (int16, the
   split's utterances concatenated) and ``offsets`` (int64, ``n + 1`` boundaries), the layout of the
   shared synthetic speech corpus;
-* a folder with ``train/``, ``valid/``, ``test/`` sub-folders of ``.wav`` files;
-* a flat folder of ``.wav`` files, split 80/10/10 in file-name order.
+* a folder with ``train/``, ``valid/``, ``test/`` sub-folders of audio files (``.wav``; with the
+  soundfile backend also ``.flac``, ``.ogg``, ``.aiff``);
+* a flat folder of such files, split 80/10/10 in file-name order.
 
-WAV files are read with the standard library's :mod:`wave` (integer PCM of 8, 16, 24 or 32 bits;
-several channels are averaged to one). Samples are scaled to ``[-1, 1)`` whatever their width.
+Audio files are read by one of two backends (``backend=`` of :func:`load_audio` and
+:func:`read_audio`):
+
+* ``"wave"``: the standard library's :mod:`wave`, ``.wav`` files of integer PCM (8, 16, 24 or 32
+  bits) only;
+* ``"soundfile"``: `soundfile <https://python-soundfile.readthedocs.io>`_ (libsndfile), an optional
+  extra (``pip install 'bbvae[audio]'``), which also reads FLAC, OGG/Vorbis, AIFF and float or
+  other non-16-bit WAV files (the suffixes of :data:`SOUNDFILE_SUFFIXES`);
+* ``"auto"`` (the default): ``"soundfile"`` when it is installed, else ``"wave"``.
+
+Several channels are averaged to one. Integer samples are scaled to ``[-1, 1)`` whatever their width
+(``v / 2^(bits - 1)``; both backends give bit-identical arrays on integer PCM WAV files), float files
+keep their values.
 """
 
 from __future__ import annotations
@@ -33,24 +45,76 @@ import torch
 from .batching import SequenceBatch, batch_indices, pad_sequences
 from .datasets import SequenceDataset
 
-__all__ = ["FRAME_SIZE", "AudioData", "load_audio", "read_wav", "write_wav"]
+__all__ = [
+    "AUDIO_BACKENDS",
+    "FRAME_SIZE",
+    "SOUNDFILE_SUFFIXES",
+    "AudioData",
+    "import_soundfile",
+    "load_audio",
+    "read_audio",
+    "read_wav",
+    "write_wav",
+]
 
 #: Samples per frame (the VRNN paper's raw-audio setting).
 FRAME_SIZE = 200
 #: Sample rate of the shared corpus's ``.npz`` files (they store none).
 NPZ_SAMPLE_RATE = 16000
 _SPLITS = ("train", "valid", "test")
+#: Values of ``backend`` (:func:`read_audio`, :func:`load_audio`).
+AUDIO_BACKENDS = ("auto", "soundfile", "wave")
+#: File suffixes that :func:`load_audio` lists with the ``"soundfile"`` backend (``"wave"``: ``.wav``).
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+_EXTRA_HINT = "pip install 'bbvae[audio]'"
+
+
+def import_soundfile(where: str = "bbvae.data.audio"):
+    """The ``soundfile`` module, or an ImportError naming the extra to install.
+
+    libsndfile missing under an installed ``soundfile`` (an OSError on import) counts as missing.
+    """
+    try:
+        import soundfile
+    except (ImportError, OSError) as exc:
+        raise ImportError(
+            f"{where}: backend='soundfile' (FLAC, OGG, float or 24-bit WAV files) needs soundfile, "
+            f"an optional dependency: {_EXTRA_HINT}"
+        ) from exc
+    return soundfile
+
+
+def _resolve_backend(backend: str, where: str) -> str:
+    """``"soundfile"`` or ``"wave"``: ``"auto"`` picks soundfile when it imports."""
+    if backend not in AUDIO_BACKENDS:
+        raise ValueError(f"{where}: expected backend in {AUDIO_BACKENDS}, got {backend!r}")
+    if backend == "soundfile":
+        import_soundfile(where)
+        return backend
+    if backend == "auto":
+        try:
+            import_soundfile(where)
+        except ImportError:
+            return "wave"
+        return "soundfile"
+    return backend
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a PCM WAV file: ``(samples [n] float64 in [-1, 1), sample_rate)``; channels averaged."""
+    """Read a PCM WAV file with the stdlib :mod:`wave`: ``(samples [n] float64 in [-1, 1), sample_rate)``.
+
+    Channels are averaged. ``read_audio(path, backend="wave")`` is the same reader.
+    """
     path = Path(path)
     try:
         with wave.open(str(path), "rb") as f:
             width, channels, rate, n = f.getsampwidth(), f.getnchannels(), f.getframerate(), f.getnframes()
             raw = f.readframes(n)
     except (wave.Error, EOFError) as exc:
-        raise ValueError(f"read_wav: {str(path)!r} is not a readable PCM WAV file ({exc})") from None
+        raise ValueError(
+            f"read_wav: {str(path)!r} is not a readable PCM WAV file ({exc}); float, compressed and "
+            f"other non-PCM files need backend='soundfile' ({_EXTRA_HINT})"
+        ) from None
     if width == 1:  # 8-bit WAV is unsigned
         data = np.frombuffer(raw, dtype=np.uint8).astype(np.float64) - 128.0
     elif width in (2, 4):
@@ -63,6 +127,33 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         raise ValueError(f"read_wav: {str(path)!r} has {8 * width}-bit samples; expected 8, 16, 24 or 32")
     data = data.reshape(-1, channels).mean(axis=1) / float(1 << (8 * width - 1))
     return data, rate
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    sf = import_soundfile("read_audio")
+    try:
+        data, rate = sf.read(str(path), dtype="float64", always_2d=True)  # [n, channels], scaled
+    except (RuntimeError, TypeError) as exc:  # sf.LibsndfileError is a RuntimeError
+        raise ValueError(
+            f"read_audio: {str(path)!r} is not a readable audio file (soundfile: {exc})"
+        ) from None
+    return data.mean(axis=1), int(rate)
+
+
+def read_audio(path: str | os.PathLike, backend: str = "auto") -> tuple[np.ndarray, int]:
+    """Read one audio file: ``(samples [n] float64, sample_rate)``, channels averaged.
+
+    Args:
+        path: the file (``.wav``; with soundfile also ``.flac``, ``.ogg``, ``.aiff``, ...).
+        backend: ``"wave"`` (stdlib, integer PCM WAV), ``"soundfile"`` (optional extra
+            ``bbvae[audio]``; an ImportError naming it when missing) or ``"auto"`` (soundfile if
+            installed, else wave).
+
+    Integer samples are scaled to ``[-1, 1)`` (both backends bit-identical), float samples kept.
+    """
+    if _resolve_backend(backend, "read_audio") == "wave":
+        return read_wav(path)
+    return _read_soundfile(Path(path))
 
 
 def write_wav(path: str | os.PathLike, samples, sample_rate: int = NPZ_SAMPLE_RATE) -> Path:
@@ -234,14 +325,32 @@ class AudioData:
         return (x.flatten(start_dim=-2) * self.std + self.mean).numpy()
 
 
-def _wav_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".wav")
+def _suffixes(backend: str) -> tuple[str, ...]:
+    return SOUNDFILE_SUFFIXES if backend == "soundfile" else (".wav",)
 
 
-def _read_folder(files: list[Path]) -> tuple[list[np.ndarray], list[str], int | None]:
+def _audio_files(folder: Path, backend: str) -> list[Path]:
+    """The folder's audio files that ``backend`` reads, in name order."""
+    suffixes = _suffixes(backend)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def _check_unread(folders: list[Path], asked: str) -> None:
+    """With ``backend="auto"`` and no soundfile, refuse folders holding files only soundfile reads."""
+    if asked != "auto":
+        return
+    others = [p for f in folders for p in f.iterdir() if p.suffix.lower() in SOUNDFILE_SUFFIXES[1:]]
+    if others:
+        raise ImportError(
+            f"load_audio: {str(others[0])!r} (and {len(others) - 1} more non-WAV file(s)) need soundfile, "
+            f"which is not installed; {_EXTRA_HINT}, or convert them to 16-bit WAV"
+        )
+
+
+def _read_folder(files: list[Path], backend: str) -> tuple[list[np.ndarray], list[str], int | None]:
     waves, names, rate = [], [], None
     for f in files:
-        w, r = read_wav(f)
+        w, r = read_audio(f, backend)
         if rate is not None and r != rate:
             raise ValueError(
                 f"load_audio: {str(f)!r} has sample rate {r} Hz, but {names[0]!r} has {rate} Hz; "
@@ -278,6 +387,7 @@ def load_audio(
     frame_size: int = FRAME_SIZE,
     chunk_length: int | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    backend: str = "auto",
 ) -> AudioData:
     """Read a folder of audio (see the module docstring for the three layouts) as :class:`AudioData`.
 
@@ -285,8 +395,15 @@ def load_audio(
         path: the folder.
         frame_size: samples per frame.
         chunk_length: training chunk length in frames (None: whole utterances).
-        fractions: train / valid / test shares of a flat folder of WAV files (file-name order).
+        fractions: train / valid / test shares of a flat folder of audio files (file-name order).
+        backend: how audio files are read (:func:`read_audio`): ``"wave"`` lists and reads ``.wav``
+            files only; ``"soundfile"`` (extra ``bbvae[audio]``) every suffix of
+            :data:`SOUNDFILE_SUFFIXES`; ``"auto"`` soundfile when installed, else wave (then a
+            folder holding FLAC/OGG/AIFF files raises an ImportError naming the extra). The
+            ``.npz`` layout needs neither.
     """
+    if backend not in AUDIO_BACKENDS:
+        raise ValueError(f"load_audio: expected backend in {AUDIO_BACKENDS}, got {backend!r}")
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"load_audio: expected a folder of audio, got {str(path)!r} (no such folder)")
@@ -294,14 +411,21 @@ def load_audio(
     if all(p.is_file() for p in npz):
         waves = {s: _read_npz(p) for s, p in zip(_SPLITS, npz)}
         return AudioData(waves, NPZ_SAMPLE_RATE, frame_size, chunk_length)
+    used = _resolve_backend(backend, "load_audio")
+    kinds = "/".join(_suffixes(used))
     if all((folder / s).is_dir() for s in _SPLITS):
-        files = {s: _wav_files(folder / s) for s in _SPLITS}
+        if used == "wave":
+            _check_unread([folder / s for s in _SPLITS], backend)
+        files = {s: _audio_files(folder / s, used) for s in _SPLITS}
     else:
-        flat = _wav_files(folder)
+        if used == "wave":
+            _check_unread([folder], backend)
+        flat = _audio_files(folder, used)
         if len(flat) < 3:
             raise ValueError(
-                f"load_audio: {str(path)!r} holds {len(flat)} .wav file(s) and no train/valid/test "
-                "sub-folders or .npz files; expected at least 3 .wav files (split by fractions)"
+                f"load_audio: {str(path)!r} holds {len(flat)} audio file(s) ({kinds}) and no "
+                "train/valid/test sub-folders or .npz files; expected at least 3 audio files (split by "
+                "fractions)"
             )
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
             raise ValueError(f"load_audio: expected 3 fractions summing to 1, got {fractions!r}")
@@ -309,12 +433,11 @@ def load_audio(
         n_valid = int(round(len(flat) * fractions[1]))
         parts = (flat[:n_train], flat[n_train : n_train + n_valid], flat[n_train + n_valid :])
         files = dict(zip(_SPLITS, parts))
-    empty = [s for s in _SPLITS if s == "train" and not files[s]]
-    if empty:
-        raise ValueError(f"load_audio: {str(folder / 'train')!r} holds no .wav files")
+    if not files["train"]:
+        raise ValueError(f"load_audio: {str(folder / 'train')!r} holds no audio files ({kinds})")
     waves, names, rate = {}, {}, None
     for s in _SPLITS:
-        waves[s], names[s], r = _read_folder(files[s])
+        waves[s], names[s], r = _read_folder(files[s], used)
         if rate is not None and r is not None and r != rate:
             raise ValueError(f"load_audio: the {s} files have sample rate {r} Hz, the train files {rate} Hz")
         rate = rate or r

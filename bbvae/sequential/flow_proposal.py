@@ -1,10 +1,11 @@
-"""A per-step normalising-flow proposal for VRNN and SRNN (optional zuko, ``pip install 'bbvae[flows]'``).
+"""A per-step normalising-flow proposal for VRNN, SRNN and GaussianHMM (optional zuko, ``bbvae[flows]``).
 
-:class:`FlowProposal` wraps a trained or fresh :class:`~bbvae.sequential.VRNN` or
-:class:`~bbvae.sequential.SRNN` and replaces its Gaussian proposal ``q(u_t | .)`` by
-``z_t = T_c^{-1}(u_t)``, with ``T_c`` a conditional flow (zuko's Real NVP, MAF or NSF) whose context
-``c_t`` is what the wrapped model's proposal sees (VRNN: ``[h_{t-1}, phi_x(x_t)]``; SRNN:
-``[z_{t-1}, proj(a_t)]``). By the change of variables
+:class:`FlowProposal` wraps a trained or fresh :class:`~bbvae.sequential.VRNN`,
+:class:`~bbvae.sequential.SRNN` or :class:`~bbvae.sequential.GaussianHMM` and replaces its Gaussian
+proposal ``q(u_t | .)`` by ``z_t = T_c^{-1}(u_t)``, with ``T_c`` a conditional flow (zuko's Real NVP,
+MAF or NSF) whose context ``c_t`` is what the wrapped model's proposal sees (VRNN:
+``[h_{t-1}, phi_x(x_t)]``; SRNN: ``[z_{t-1}, proj(a_t)]``; GaussianHMM: ``[z_{t-1}, x_t]``, with
+``z_0 = 0``, on top of any of its proposals). By the change of variables
 
     log q(z_t | .) = log q_gauss(T_c(z_t) | .) + log |det dT_c / dz_t|,
 
@@ -28,11 +29,12 @@ __all__ = ["FlowProposal"]
 
 
 class FlowProposal(SequentialModel):
-    """A VRNN or SRNN whose per-step proposal is a conditional flow on top of its Gaussian one.
+    """A VRNN, SRNN or GaussianHMM whose per-step proposal is a conditional flow on its Gaussian one.
 
     Args:
-        model: the :class:`~bbvae.sequential.VRNN` or :class:`~bbvae.sequential.SRNN` to wrap
-            (its parameters are trained with the flow's).
+        model: the :class:`~bbvae.sequential.VRNN`, :class:`~bbvae.sequential.SRNN` or
+            :class:`~bbvae.sequential.GaussianHMM` to wrap (its parameters are trained with the
+            flow's; freeze them with ``requires_grad_(False)`` to train the proposal alone).
         flow: ``"realnvp"``, ``"maf"`` or ``"nsf"``.
         transforms: flow layers.
         hidden: hidden layers of every flow layer's network.
@@ -51,22 +53,29 @@ class FlowProposal(SequentialModel):
         identity: bool = True,
     ) -> None:
         super().__init__()
+        from bbvae.sequential.ghmm import GaussianHMM
         from bbvae.sequential.srnn import SRNN
         from bbvae.sequential.vrnn import VRNN
 
         where = "FlowProposal"
+        # (state leaf, or None for a state that is the leaf itself; per-step encoded item)
         if isinstance(model, VRNN):
             self._keys = ("h", "xf")
-            context = model.hidden_size + model.encoded_size
+            context, latent = model.hidden_size + model.encoded_size, model.latent_size
         elif isinstance(model, SRNN):
             self._keys = ("z", "qa")
-            context = model.latent_size + model.proposal.inputs[1].out_features
+            context, latent = model.latent_size + model.proposal.inputs[1].out_features, model.latent_size
+        elif isinstance(model, GaussianHMM):
+            self._keys = (None, "x")  # the state is z_{t-1} [batch, K, z_dim]
+            context, latent = model.z_dim + model.x_dim, model.z_dim
         else:
-            raise TypeError(f"{where}: expected a VRNN or SRNN to wrap, got {type(model).__name__}")
+            raise TypeError(
+                f"{where}: expected a VRNN, SRNN or GaussianHMM to wrap, got {type(model).__name__}"
+            )
         self.model = model
         self.latent_shape = tuple(model.latent_shape)
         self.has_rsample = bool(model.has_rsample)
-        self.flow = make_flow(flow, model.latent_size, context, transforms, hidden, where)
+        self.flow = make_flow(flow, latent, context, transforms, hidden, where)
         if identity:
             identity_init(self.flow)
 
@@ -92,7 +101,7 @@ class FlowProposal(SequentialModel):
     # --------------------------------------------------------------------------- the step
     def _transform(self, state, encoded_t):
         """``T_c`` (``z_t -> u_t``) with the context ``[batch, K, C]`` of this step."""
-        leaf = state[self._keys[0]]  # [batch, K, *]
+        leaf = state if self._keys[0] is None else state[self._keys[0]]  # [batch, K, *]
         item = encoded_t[self._keys[1]].unsqueeze(1).expand(*leaf.shape[:2], -1)  # [batch, K, *]
         return self.flow.transform(torch.cat([leaf, item.to(leaf.dtype)], dim=-1))
 

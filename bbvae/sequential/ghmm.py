@@ -42,6 +42,12 @@ class GaussianHMM(SequentialModel):
             locally optimal p(z_t | z_{t-1}, x_t) in closed form, so that the incremental weight is
             p(x_t | z_{t-1})).
         hidden: hidden layer sizes of the proposal network.
+        covariance: the ``"network"`` proposal's covariance: ``"diag"`` (a diagonal scale from the
+            network, as above) or ``"full"`` (the network gives the mean only; the scale is one
+            learned lower-triangular factor ``proposal_scale_tril()`` ``[z_dim, z_dim]`` shared by all
+            steps and particles, starting at ``I``). With ``hidden=()`` the ``"full"`` family has the
+            form of the locally optimal proposal (mean affine in ``[z_{t-1}, x_t]``, constant
+            covariance) after the first step.
         transition_scale: initial standard deviation of the transition noise (diagonal of sqrt Q).
         emission_scale: initial standard deviation of the emission noise (diagonal of sqrt R).
 
@@ -64,6 +70,7 @@ class GaussianHMM(SequentialModel):
         x_dim: int,
         proposal: str = "prior",
         hidden: Sequence[int] = (),
+        covariance: str = "diag",
         transition_scale: float = 1.0,
         emission_scale: float = 1.0,
     ) -> None:
@@ -72,10 +79,18 @@ class GaussianHMM(SequentialModel):
         check_positive_int("x_dim", x_dim, "GaussianHMM")
         if proposal not in _PROPOSALS:
             raise ValueError(f"GaussianHMM: expected proposal in {_PROPOSALS}, got {proposal!r}")
+        if covariance not in ("diag", "full"):
+            raise ValueError(f"GaussianHMM: expected covariance 'diag' or 'full', got {covariance!r}")
+        if covariance == "full" and proposal != "network":
+            raise ValueError(
+                "GaussianHMM: covariance='full' is an option of the 'network' proposal, "
+                f"got proposal={proposal!r}"
+            )
         self.z_dim = z_dim
         self.x_dim = x_dim
         self.proposal = proposal
         self.hidden = tuple(hidden)
+        self.covariance = covariance
         self.transition_scale = transition_scale
         self.emission_scale = emission_scale
         self.latent_shape = (z_dim,)
@@ -86,13 +101,17 @@ class GaussianHMM(SequentialModel):
         self.emission = nn.Parameter(torch.eye(x_dim, z_dim) + 0.1 * torch.randn(x_dim, z_dim))
         self.emission_log_scale = nn.Parameter(torch.full((x_dim,), math.log(emission_scale)))
         if proposal == "network":
-            width = self.hidden[0] if self.hidden else 2 * z_dim
+            n_out = 2 * z_dim if covariance == "diag" else z_dim  # (loc, raw scale) or loc
+            width = self.hidden[0] if self.hidden else n_out
             # The first layer is split so that its x part runs once per sequence, batched over T.
             self.proposal_x = nn.Linear(x_dim, width)
             self.proposal_z = nn.Linear(z_dim, width, bias=False)
             self.proposal_rest = (
-                nn.Sequential(nn.Tanh(), mlp([*self.hidden, 2 * z_dim])) if self.hidden else nn.Identity()
+                nn.Sequential(nn.Tanh(), mlp([*self.hidden, n_out])) if self.hidden else nn.Identity()
             )
+            if covariance == "full":
+                # Raw factor: strict lower triangle as is, log of the diagonal (zero: the factor is I).
+                self.proposal_scale_tril_raw = nn.Parameter(torch.zeros(z_dim, z_dim))
             # Start from q = N(0, I) whatever the input: the output layer is zero.
             last = self.proposal_rest[-1][-1] if self.hidden else None
             for layer in (last,) if last is not None else (self.proposal_x, self.proposal_z):
@@ -101,6 +120,11 @@ class GaussianHMM(SequentialModel):
                     nn.init.zeros_(layer.bias)
 
     # ------------------------------------------------------------------------------ pieces
+    def proposal_scale_tril(self) -> torch.Tensor:
+        """The full-covariance proposal's shared Cholesky factor ``[z_dim, z_dim]`` (exp on the diagonal)."""
+        raw = self.proposal_scale_tril_raw
+        return torch.tril(raw, diagonal=-1) + torch.diag_embed(raw.diagonal().exp())
+
     def _noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Standard deviations ``(sqrt diag S0, sqrt diag Q, sqrt diag R)``."""
         return self.init_log_scale.exp(), self.transition_log_scale.exp(), self.emission_log_scale.exp()
@@ -159,10 +183,15 @@ class GaussianHMM(SequentialModel):
             proposal = prior
         elif self.proposal == "network":
             hidden = encoded_t["feature"].unsqueeze(1) + self.proposal_z(z_prev)
-            loc, raw_scale = self.proposal_rest(hidden).chunk(2, dim=-1)
-            # softplus(raw + log(e - 1)) is 1 at raw = 0 and grows linearly, so a particle far out
-            # cannot blow the next step's scale up exponentially.
-            proposal = Independent(Normal(loc, F.softplus(raw_scale + _SOFTPLUS_ONE), **_FAST), 1, **_FAST)
+            if self.covariance == "full":
+                loc = self.proposal_rest(hidden)  # [batch, K, z_dim]
+                proposal = MultivariateNormal(loc, scale_tril=self.proposal_scale_tril(), **_FAST)
+            else:
+                loc, raw_scale = self.proposal_rest(hidden).chunk(2, dim=-1)
+                # softplus(raw + log(e - 1)) is 1 at raw = 0 and grows linearly, so a particle far out
+                # cannot blow the next step's scale up exponentially.
+                scale = F.softplus(raw_scale + _SOFTPLUS_ONE)
+                proposal = Independent(Normal(loc, scale, **_FAST), 1, **_FAST)
         else:
             terms = encoded_t["optimal"]
             name = "first" if first else "next"

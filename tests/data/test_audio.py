@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -10,17 +12,29 @@ import numpy as np
 import pytest
 import torch
 
-from bbvae.data import AudioData, SequenceDataset, collate_sequences, load_audio, read_wav, write_wav
+from bbvae.data import (
+    AudioData,
+    SequenceDataset,
+    collate_sequences,
+    load_audio,
+    read_audio,
+    read_wav,
+    write_wav,
+)
 
 SPEECH = Path(__file__).resolve().parents[3] / "shared" / "data" / "speech"
 
 
 def _pcm(path: Path, ints: np.ndarray, rate: int = 8000, width: int = 2, channels: int = 1) -> None:
+    if width == 3:  # little-endian 3-byte two's complement
+        raw = (ints.astype(np.int64) % (1 << 24)).astype("<u4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    else:
+        raw = ints.astype({1: "<u1", 2: "<i2", 4: "<i4"}[width]).tobytes()
     with wave.open(str(path), "wb") as f:
         f.setnchannels(channels)
         f.setsampwidth(width)
         f.setframerate(rate)
-        f.writeframes(ints.astype({1: "<u1", 2: "<i2", 4: "<i4"}[width]).tobytes())
+        f.writeframes(raw)
 
 
 def _folder(tmp_path: Path, lengths: dict[str, list[int]], rate: int = 8000, seed: int = 0) -> dict:
@@ -111,16 +125,21 @@ def test_bad_input_messages(tmp_path):
     with pytest.raises(ValueError, match="no such folder"):
         load_audio(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"holds 0 \.wav file"):
-        load_audio(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"holds 0 audio file\(s\) \(\.wav\) and no train"):
+        load_audio(tmp_path / "empty", backend="wave")
     bad = tmp_path / "bad"
     bad.mkdir()
     for s in ("train", "valid", "test"):
         (bad / s).mkdir()
         _pcm(bad / s / "a.wav", np.zeros(500, dtype=int))
     (bad / "train" / "b.wav").write_bytes(b"RIFF not a wav")
-    with pytest.raises(ValueError, match=r"b\.wav.*not a readable PCM WAV"):
-        load_audio(bad)
+    with pytest.raises(ValueError, match=r"b\.wav.*not a readable PCM WAV.*backend='soundfile'"):
+        load_audio(bad, backend="wave")
+    if _has_soundfile():
+        with pytest.raises(ValueError, match=r"b\.wav.*not a readable audio file \(soundfile: "):
+            load_audio(bad, backend="soundfile")
+    with pytest.raises(ValueError, match=r"expected backend in \('auto', 'soundfile', 'wave'\), got 'sox'"):
+        load_audio(bad, backend="sox")
     os.remove(bad / "train" / "b.wav")
     _pcm(bad / "train" / "b.wav", np.zeros(500, dtype=int), rate=16000)
     with pytest.raises(ValueError, match="sample rate 16000 Hz"):
@@ -141,6 +160,109 @@ def test_bad_input_messages(tmp_path):
     np.savez(tmp_path / "test.npz", audio=np.zeros(10, np.int16), offsets=np.array([0, 12]))
     with pytest.raises(ValueError, match=r"'offsets' must rise from 0 to len\(audio\)=10, got 0\.\.12"):
         load_audio(tmp_path)
+
+
+def _has_soundfile() -> bool:
+    try:
+        import soundfile  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+needs_soundfile = pytest.mark.skipif(not _has_soundfile(), reason="soundfile (extra 'audio') not installed")
+
+
+@needs_soundfile
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_backends_give_identical_arrays_on_integer_pcm_wav(tmp_path, width, channels):
+    bits = 8 * width
+    rng = np.random.default_rng(width * 10 + channels)
+    lo, hi = (0, 256) if width == 1 else (-(1 << (bits - 1)), 1 << (bits - 1))
+    ints = rng.integers(lo, hi, size=600 * channels)
+    ints[:2] = [lo, hi - 1]  # the extremes of the width
+    _pcm(tmp_path / "a.wav", ints, rate=11025, width=width, channels=channels)
+    x_wave, rate_wave = read_audio(tmp_path / "a.wav", backend="wave")
+    x_sf, rate_sf = read_audio(tmp_path / "a.wav", backend="soundfile")
+    assert rate_wave == rate_sf == 11025
+    assert x_sf.dtype == x_wave.dtype == np.float64 and x_sf.shape == (600,)
+    np.testing.assert_array_equal(x_sf, x_wave)  # bit-identical
+    signed = ints - 128 if width == 1 else ints
+    expected = signed.reshape(-1, channels).mean(axis=1) / 2.0 ** (bits - 1)
+    np.testing.assert_array_equal(x_wave, expected)
+
+
+@needs_soundfile
+def test_load_audio_backends_agree_on_a_wav_folder(tmp_path):
+    _folder(tmp_path, {"train": [1000, 650], "valid": [420], "test": [399, 200]})
+    a = load_audio(tmp_path, frame_size=100, backend="wave")
+    b = load_audio(tmp_path, frame_size=100, backend="soundfile")
+    c = load_audio(tmp_path, frame_size=100)  # auto: soundfile here
+    assert a.mean == b.mean == c.mean and a.std == b.std == c.std
+    for split in ("train", "valid", "test"):
+        for u, v in zip(a.utterances(split), b.utterances(split), strict=True):
+            torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+@needs_soundfile
+def test_soundfile_reads_flac_float_and_24_bit_wav(tmp_path):
+    import soundfile as sf
+
+    rng = np.random.default_rng(5)
+    ints = rng.integers(-32768, 32768, size=900).astype(np.int16)
+    sf.write(tmp_path / "a.flac", ints, 16000, subtype="PCM_16")
+    x, rate = read_audio(tmp_path / "a.flac")
+    assert rate == 16000
+    np.testing.assert_array_equal(x, ints / 32768.0)  # lossless, scaled like the WAV readers
+    # A float WAV keeps its values (here beyond [-1, 1], which no integer format can hold);
+    # the stdlib reader refuses it and names the backend and extra that read it.
+    floats = np.array([0.1, -0.7, 1.5, -2.25, 3e-5], dtype=np.float32)
+    sf.write(tmp_path / "f.wav", floats, 8000, subtype="FLOAT")
+    np.testing.assert_array_equal(read_audio(tmp_path / "f.wav", backend="soundfile")[0], floats)
+    with pytest.raises(ValueError, match=r"f\.wav.*not a readable PCM WAV.*bbvae\[audio\]"):
+        read_audio(tmp_path / "f.wav", backend="wave")
+    int24 = rng.integers(-(1 << 23), 1 << 23, size=300)
+    sf.write(tmp_path / "c.wav", int24.astype(np.int32) << 8, 8000, subtype="PCM_24")
+    np.testing.assert_array_equal(read_audio(tmp_path / "c.wav", backend="soundfile")[0], int24 / 2.0**23)
+    np.testing.assert_array_equal(read_audio(tmp_path / "c.wav", backend="wave")[0], int24 / 2.0**23)
+    # A FLAC folder loads like the same samples as 16-bit WAV; the wave backend lists no FLAC file.
+    wav, flac = tmp_path / "wav", tmp_path / "flac"
+    wav.mkdir()
+    written = _folder(wav, {"train": [1000, 650], "valid": [420], "test": [399]})
+    for split, arrays in written.items():
+        (flac / split).mkdir(parents=True)
+        for i, a in enumerate(arrays):
+            sf.write(flac / split / f"u{i:02d}.flac", a.astype(np.int16), 8000, subtype="PCM_16")
+    a, b = load_audio(wav, frame_size=100), load_audio(flac, frame_size=100)
+    assert (a.mean, a.std, a.sample_rate) == (b.mean, b.std, b.sample_rate)
+    for u, v in zip(a.utterances("train"), b.utterances("train"), strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"holds no audio files \(\.wav\)"):
+        load_audio(flac, frame_size=100, backend="wave")
+
+
+def test_missing_soundfile_names_the_extra(tmp_path, monkeypatch):
+    code = "import bbvae, bbvae.data, sys; print('soundfile' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # imported lazily
+    (tmp_path / "wav").mkdir()
+    written = _folder(tmp_path / "wav", {"train": [500], "valid": [300], "test": [300]})
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import soundfile now raises ImportError
+    wav = tmp_path / "wav" / "train" / "u00.wav"
+    with pytest.raises(ImportError, match=r"read_audio: backend='soundfile'.*pip install 'bbvae\[audio\]'"):
+        read_audio(wav, backend="soundfile")
+    with pytest.raises(ImportError, match=r"load_audio: .*pip install 'bbvae\[audio\]'"):
+        load_audio(tmp_path / "wav", frame_size=100, backend="soundfile")
+    # auto falls back to wave for WAV files ...
+    np.testing.assert_array_equal(read_audio(wav)[0], written["train"][0] / 32768.0)
+    assert load_audio(tmp_path / "wav", frame_size=100).utterances("train")[0].shape == (5, 100)
+    # ... and refuses, naming the extra, a folder holding files only soundfile reads.
+    (tmp_path / "wav" / "valid" / "extra.flac").write_bytes(b"fLaC")
+    with pytest.raises(ImportError, match=r"extra\.flac.*need soundfile.*pip install 'bbvae\[audio\]'"):
+        load_audio(tmp_path / "wav", frame_size=100)
+    explicit = load_audio(tmp_path / "wav", frame_size=100, backend="wave")  # lists .wav files only
+    assert [u.shape for u in explicit.utterances("valid")] == [(3, 100)]
 
 
 @pytest.fixture(scope="module")

@@ -143,9 +143,67 @@ def test_dtypes_follow_the_parameters(seq, dtype):
     assert result.log_z.dtype == dtype and model.exact_log_prob(x).dtype == dtype
 
 
+_GENERATIVE = ("init_loc", "init_log_scale", "transition", "transition_log_scale", "emission",
+               "emission_log_scale")  # fmt: skip
+
+
+def test_full_covariance_proposal_contains_the_optimal_one(seq):
+    # With an affine network, the 'full' family holds p(z_t | z_{t-1}, x_t) for t > 1: set to it,
+    # its log q and log p equal the closed-form optimal proposal's at every (z_{t-1}, z_t); the
+    # diagonal family cannot hold it (the optimal covariance is not diagonal here).
+    opt = seq.make_ghmm(2, 3, proposal="optimal", seed=4)
+    full = GaussianHMM(2, 3, proposal="network", covariance="full").double()
+    assert full.proposal_x.out_features == 2  # the network gives the mean only
+    torch.testing.assert_close(full.proposal_scale_tril(), torch.eye(2, dtype=torch.float64))
+    with torch.no_grad():
+        for name in _GENERATIVE:
+            getattr(full, name).copy_(getattr(opt, name))
+        terms = opt._optimal_terms()
+        full.proposal_z.weight.copy_(terms["next_gain_prior"] @ opt.transition)
+        full.proposal_x.weight.copy_(terms["next_gain_x"])
+        full.proposal_x.bias.zero_()
+        tril = terms["next_scale_tril"]
+        full.proposal_scale_tril_raw.copy_(torch.tril(tril, -1) + torch.diag_embed(tril.diagonal().log()))
+    cov = tril @ tril.T
+    assert abs(float(cov[0, 1])) > 0.05 * float(cov.diag().prod().sqrt())
+    torch.manual_seed(0)
+    x, _ = opt.sample(4, 3)
+    z_prev = torch.randn(4, 5, 2, dtype=torch.float64)
+    z = torch.randn(4, 5, 2, dtype=torch.float64)
+    a = full.step(z_prev, full.encode(x)[1], z=z)
+    b = opt.step(z_prev, opt.encode(x)[1], z=z)
+    torch.testing.assert_close(a.log_q, b.log_q, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(a.log_p, b.log_p, rtol=1e-10, atol=1e-10)
+    # Sampled: draws follow the shared factor (their spread around the mean is tril @ eps).
+    torch.manual_seed(1)
+    drawn = full.step(z_prev[:1, :1].expand(1, 20000, 2), full.encode(x[:1])[1]).z[0]
+    emp = torch.cov(drawn.T)
+    se = ((cov.diag().outer(cov.diag()) + cov**2) / 20000).sqrt()
+    assert ((emp - cov).abs() < 5 * se).all()
+
+
+def test_full_covariance_network_trains_and_smc_runs(seq):
+    model = seq.make_ghmm(2, 3, proposal="network", covariance="full", hidden=(8,))
+    x, _ = model.sample(3, 4)
+    with torch.no_grad():
+        for param in model.proposal_rest.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    run = run_particles(model, x, 5)
+    (run.log_p - run.log_q).mean().backward()
+    assert model.proposal_scale_tril_raw.grad.tril(-1).abs().sum() > 0  # the correlation is learned
+    assert model.proposal_scale_tril_raw.grad.triu(1).abs().sum() == 0  # the upper triangle is unused
+    result = smc(model, x, 4)
+    assert torch.isfinite(result.log_z).all()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="proposal"):
         GaussianHMM(2, 3, proposal="bootstrap")
+    with pytest.raises(ValueError, match="expected covariance 'diag' or 'full', got 'block'"):
+        GaussianHMM(2, 3, proposal="network", covariance="block")
+    with pytest.raises(ValueError, match="covariance='full' is an option of the 'network' proposal, got "
+                       "proposal='prior'"):  # fmt: skip
+        GaussianHMM(2, 3, covariance="full")
     with pytest.raises(ValueError, match="z_dim"):
         GaussianHMM(0, 3)
     model = GaussianHMM(2, 3)
