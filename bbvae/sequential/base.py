@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int, check_tensor, is_validation_enabled, shape_str
+from bbvae.sequential.chunks import resolve_chunks, run_steps
 from bbvae.sequential.compiled import CompiledStep, model_step
 from bbvae.sequential.pytree import State, gather_particles, tree_map, tree_where
 
@@ -109,7 +110,8 @@ class SequentialModel(nn.Module):
     A subclass implements :meth:`encode`, :meth:`init_state`, :meth:`step` and, to generate,
     :meth:`generate_init` and :meth:`generate_step`; optionally ``exact_log_prob(x, lengths=None)``
     ``-> [batch]``. It sets the class (or instance) attributes ``has_rsample`` and ``latent_shape``.
-    ``forward`` is reserved: it runs :func:`run_particles`.
+    ``forward`` is reserved: it runs :func:`run_particles`. The drivers run long sequences in chunks
+    of time steps when ``remat_chunk`` / ``tbptt_chunk`` are set (class or instance attributes).
 
     The views :attr:`inf_net` and :attr:`gen_model` make the model usable by every
     :class:`~bbvae.losses.Loss`: ``IWAE(model.inf_net, model.gen_model, n_samples=K)(x, lengths=lengths)``.
@@ -119,6 +121,13 @@ class SequentialModel(nn.Module):
     has_rsample: bool = True
     #: Per-step latent shape: ``()``, ``(d,)``, ...
     latent_shape: tuple[int, ...] = ()
+    #: Activation checkpointing over chunks of this many time steps in every driver, hence every
+    #: loss (``model.remat_chunk = 64``; ``None``: off): the same values and gradients, bounded
+    #: memory, one more forward pass (:mod:`bbvae.sequential.chunks`).
+    remat_chunk: int | None = None
+    #: Truncated backpropagation through time: the state is detached every this many steps
+    #: (``None``: off). The same values, a different (biased) gradient (:mod:`bbvae.sequential.chunks`).
+    tbptt_chunk: int | None = None
 
     # ------------------------------------------------------------------------ subclass hooks
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs=None) -> Sequence:
@@ -307,6 +316,8 @@ def run_particles(
     inputs: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     reparametrize: bool = True,
+    remat_chunk: int | None = None,
+    tbptt_chunk: int | None = None,
 ) -> ParticleRun:
     """Run ``n_particles`` independent particles through the model, without resampling.
 
@@ -318,6 +329,13 @@ def run_particles(
         inputs: optional side inputs ``[batch, T, ...]``.
         z: ``[batch, K, T, *latent_shape]`` latents to score (teacher forcing) instead of proposing.
         reparametrize: propose with ``rsample`` (when the model has it) rather than ``sample``.
+        remat_chunk: activation checkpointing: run every this many time steps inside
+            ``torch.utils.checkpoint``, recomputed (with the same draws) in the backward; the same
+            values and gradients with the activations of one chunk alive instead of all ``T``
+            steps' (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default off).
+        tbptt_chunk: truncated backpropagation through time: the recurrent state is detached
+            every this many steps. The same values, a different (biased) gradient.
+            ``None``: ``model.tbptt_chunk`` (default off).
 
     Returns:
         :class:`ParticleRun` ``(log_p [batch, K], log_q [batch, K], z [batch, K, T, *latent_shape])``,
@@ -327,7 +345,9 @@ def run_particles(
     _check_model(model, where)
     check_positive_int("n_particles", n_particles, where)
     _, _, masks = check_sequence_args(x, lengths, inputs, where)
-    return run_particles_unchecked(model, x, n_particles, lengths, inputs, z, reparametrize, masks, where)
+    return run_particles_unchecked(
+        model, x, n_particles, lengths, inputs, z, reparametrize, masks, where, remat_chunk, tbptt_chunk
+    )
 
 
 def run_particles_unchecked(
@@ -340,13 +360,16 @@ def run_particles_unchecked(
     reparametrize: bool,
     masks: list[torch.Tensor] | None,
     where: str,
+    remat_chunk: int | None = None,
+    tbptt_chunk: int | None = None,
 ) -> ParticleRun:
     """:func:`run_particles` for arguments already checked by :func:`check_sequence_args`.
 
     ``masks`` is what that check returned (``T`` tensors ``[batch]`` bool, or ``None``). Only what
     the caller cannot have checked is checked here: ``z`` against the model's latent shape, the
-    number of encoded steps and the first step's output.
+    number of encoded steps, the first step's output and the chunk sizes.
     """
+    remat_chunk, tbptt_chunk = resolve_chunks(model, remat_chunk, tbptt_chunk, where)
     batch, n_steps = x.shape[0], x.shape[1]
     z_steps: Sequence = [None] * n_steps
     if z is not None:
@@ -361,15 +384,15 @@ def run_particles_unchecked(
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, n_particles)
     step_fn = model_step(model)
-    lps, lqs, zs = [], [], []
-    for t, (encoded_t, z_t) in enumerate(zip(encoded, z_steps)):
-        out = step_fn(state, encoded_t, z=z_t, reparametrize=reparametrize)
+
+    def body(t: int, state: State):
+        out = step_fn(state, encoded[t], z=z_steps[t], reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, n_particles, where)
-        lps.append(out.log_p)
-        lqs.append(out.log_q)
-        zs.append(out.z)
-        state = out.state
+        return out.state, (out.log_p, out.log_q, out.z)
+
+    _, outs = run_steps(body, state, n_steps, x, remat_chunk, tbptt_chunk)
+    lps, lqs, zs = zip(*outs)
     # Masked and summed once after the loop: [batch, K, T] -> [batch, K].
     log_p, log_q = torch.stack(lps, dim=2), torch.stack(lqs, dim=2)
     if masks is not None:
