@@ -17,7 +17,8 @@ takes two options, each a number of time steps or ``None`` (off):
   numbers). The cost is one more forward pass of the steps. Unused under ``torch.no_grad()`` and
   when ``N >= T`` (one chunk would keep all of it again at the backward).
 * ``tbptt_chunk=M``, **truncated backpropagation through time**: the carry (the recurrent state
-  and, in SMC, the particles' log-weights) is detached before steps ``M, 2M, ...``. Every value
+  and, in SMC, the particles' log-weights) of the sequences still running is detached before
+  steps ``M, 2M, ...`` (a sequence that has ended keeps its final weights whole). Every value
   is unchanged (the same draws, the same bound); the gradient is **a different, biased
   estimator**: it drops every path from a step's output back through a chunk boundary (e.g. how
   ``h_{t}`` of an earlier chunk changed the later log-weights). With ``M >= T`` it is the full
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from bbvae.sequential.pytree import tree_map
+from bbvae.sequential.pytree import tree_map, tree_where
 
 __all__ = ["CHUNK_OPTIONS", "check_chunk", "resolve_chunks", "run_steps"]
 
@@ -74,16 +75,18 @@ def resolve_chunks(model, remat_chunk, tbptt_chunk, where: str) -> tuple[int | N
     return values[0], values[1]
 
 
-def _detach(carry: Any) -> Any:
-    return tree_map(torch.Tensor.detach, carry)
+def _detach(carry: Any, running: torch.Tensor | None) -> Any:
+    """The carry detached, for the sequences still ``running`` (``[batch]`` bool; ``None``: all)."""
+    detached = tree_map(torch.Tensor.detach, carry)
+    return detached if running is None else tree_where(running, detached, carry)
 
 
-def _run(body: Body, start: int, stop: int, carry: Any, tbptt_chunk: int | None) -> tuple[Any, list]:
+def _run(body: Body, start: int, stop: int, carry: Any, tbptt_chunk: int | None, masks) -> tuple[Any, list]:
     """Steps ``start .. stop - 1``, the carry detached before every multiple of ``tbptt_chunk``."""
     outs = []
     for t in range(start, stop):
         if tbptt_chunk is not None and t > 0 and t % tbptt_chunk == 0:
-            carry = _detach(carry)
+            carry = _detach(carry, masks[t] if masks is not None else None)
         carry, out = body(t, carry)
         outs.append(out)
     return carry, outs
@@ -96,8 +99,8 @@ class _Chunk:
     its state of the moment afterwards (also when torch stops a recomputation early).
     """
 
-    def __init__(self, body: Body, start: int, stop: int, tbptt_chunk, generator) -> None:
-        self.body, self.start, self.stop, self.tbptt_chunk = body, start, stop, tbptt_chunk
+    def __init__(self, body: Body, start: int, stop: int, tbptt_chunk, masks, generator) -> None:
+        self.body, self.start, self.stop, self.tbptt_chunk, self.masks = body, start, stop, tbptt_chunk, masks
         self.generator = generator
         self.generator_state = generator.get_state() if generator is not None else None
         self.calls = 0
@@ -106,11 +109,11 @@ class _Chunk:
         # (anchor: a tensor on the data's device, so that torch saves that device's RNG state)
         self.calls += 1
         if self.calls == 1 or self.generator is None:
-            return _run(self.body, self.start, self.stop, carry, self.tbptt_chunk)
+            return _run(self.body, self.start, self.stop, carry, self.tbptt_chunk, self.masks)
         now = self.generator.get_state()
         self.generator.set_state(self.generator_state)
         try:
-            return _run(self.body, self.start, self.stop, carry, self.tbptt_chunk)
+            return _run(self.body, self.start, self.stop, carry, self.tbptt_chunk, self.masks)
         finally:
             self.generator.set_state(now)
 
@@ -123,6 +126,7 @@ def run_steps(
     remat_chunk: int | None = None,
     tbptt_chunk: int | None = None,
     generator: torch.Generator | None = None,
+    masks: list[torch.Tensor] | None = None,
 ) -> tuple[Any, list]:
     """Run ``carry, out_t = body(t, carry)`` for ``t = 0 .. n_steps - 1`` (see the module docstring).
 
@@ -136,15 +140,19 @@ def run_steps(
         remat_chunk: checkpoint every this many steps (``None``: off).
         tbptt_chunk: detach the carry every this many steps (``None``: off).
         generator: the explicit ``torch.Generator`` the body draws from, if any.
+        masks: ``T`` tensors ``[batch]`` bool, True where step ``t`` is within the sequence
+            (``None``: every step is). Truncation detaches the carry of the sequences still running
+            only: a sequence that has ended keeps its carry (e.g. its final log-weights) whole.
+            The carry's leaves must then be ``[batch, ...]``.
 
     Returns:
         ``(carry after step T - 1, [out_0, ..., out_{T-1}])``.
     """
     if remat_chunk is None or remat_chunk >= n_steps or not torch.is_grad_enabled():
-        return _run(body, 0, n_steps, carry, tbptt_chunk)
+        return _run(body, 0, n_steps, carry, tbptt_chunk, masks)
     outs: list = []
     for start in range(0, n_steps, remat_chunk):
-        chunk = _Chunk(body, start, min(start + remat_chunk, n_steps), tbptt_chunk, generator)
+        chunk = _Chunk(body, start, min(start + remat_chunk, n_steps), tbptt_chunk, masks, generator)
         carry, chunk_outs = checkpoint(chunk, carry, anchor, use_reentrant=False, preserve_rng_state=True)
         outs.extend(chunk_outs)
     return carry, outs

@@ -322,7 +322,7 @@ def smc(
         return (model.reorder(state, anc), log_w), kept
 
     (state, log_w), steps = run_steps(
-        body, (state, None), n_steps, x, remat_chunk, tbptt_chunk, generator=generator
+        body, (state, None), n_steps, x, remat_chunk, tbptt_chunk, generator=generator, masks=masks
     )
     zero = const["zero"]
     resampled = [step.resampled for step in steps]
