@@ -186,7 +186,15 @@ def test_an_explicit_resampling_generator_is_replayed_and_restored(seq):
         generator = torch.Generator().manual_seed(11)
         torch.manual_seed(5)
         result = smc(
-            model, x, K, ess_threshold=1.0, lengths=LENGTHS, generator=generator, remat_chunk=remat_chunk
+            model,
+            x,
+            K,
+            ess_threshold=1.0,
+            lengths=LENGTHS,
+            generator=generator,
+            remat_chunk=remat_chunk,
+            return_latents=True,
+            return_state=True,
         )
         after_forward = generator.get_state()
         grads = torch.autograd.grad(result.log_z.sum(), list(model.parameters()))
@@ -194,6 +202,7 @@ def test_an_explicit_resampling_generator_is_replayed_and_restored(seq):
 
     plain, chunked = run(None), run(CHUNK)
     assert torch.equal(chunked[0].ancestors, plain[0].ancestors)
+    assert torch.equal(chunked[0].z, plain[0].z) and torch.equal(chunked[0].state["h"], plain[0].state["h"])
     assert bool(plain[0].resampled.any())
     for a, b in zip(chunked[1], plain[1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
