@@ -385,13 +385,15 @@ def run_particles_unchecked(
     state = model.init_state(encoded, n_particles)
     step_fn = model_step(model)
 
-    def body(t: int, state: State):
-        out = step_fn(state, encoded[t], z=z_steps[t], reparametrize=reparametrize)
+    def body(t: int, state: State, inputs_t):
+        encoded_t, z_t = inputs_t
+        out = step_fn(state, encoded_t, z=z_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, n_particles, where)
         return out.state, (out.log_p, out.log_q, out.z)
 
-    _, outs = run_steps(body, state, n_steps, x, remat_chunk, tbptt_chunk)
+    params = list(model.parameters()) if remat_chunk is not None else ()
+    _, outs = run_steps(body, state, list(zip(encoded, z_steps)), x, params, remat_chunk, tbptt_chunk)
     lps, lqs, zs = zip(*outs)
     # Masked and summed once after the loop: [batch, K, T] -> [batch, K].
     log_p, log_q = torch.stack(lps, dim=2), torch.stack(lqs, dim=2)

@@ -277,9 +277,9 @@ def smc(
     valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
     const: dict[str, torch.Tensor] = {}  # made at the first step, without gradient
 
-    def body(t: int, carry):
+    def body(t: int, carry, encoded_t):
         state, log_w = carry
-        out = step_fn(state, encoded[t], reparametrize=reparametrize)
+        out = step_fn(state, encoded_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, k, where)
         if not const:
@@ -321,8 +321,9 @@ def smc(
             log_w = torch.where(do.unsqueeze(1), zero, log_w)
         return (model.reorder(state, anc), log_w), kept
 
+    params = list(model.parameters()) if remat_chunk is not None else ()
     (state, log_w), steps = run_steps(
-        body, (state, None), n_steps, x, remat_chunk, tbptt_chunk, generator=generator, masks=masks
+        body, (state, None), list(encoded), x, params, remat_chunk, tbptt_chunk, generator, masks
     )
     zero = const["zero"]
     resampled = [step.resampled for step in steps]

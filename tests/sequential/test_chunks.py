@@ -16,6 +16,7 @@ every step), and it differs from the full gradient only for a model whose state 
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -140,16 +141,24 @@ def test_float32_checkpointed_chunks(seq):
 
 
 def _saved_bytes(fn) -> int:
-    """Bytes of the distinct tensors autograd saves for the backward while ``fn`` runs."""
-    seen: dict[tuple, int] = {}
+    """Bytes of the distinct storages of the tensors autograd saved while ``fn()`` ran and still
+    holds for the backward once it returned (a chunk's own graph, dropped within, does not count)."""
+    saved = []
 
     def pack(t):
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-        return t
+        packed = t.detach()  # (packing t itself would tie it to its graph in a reference cycle)
+        saved.append(weakref.ref(packed))
+        return packed
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
+        result = fn()
+    alive = {}
+    for ref in saved:
+        t = ref()
+        if t is not None:
+            alive[(t.untyped_storage().data_ptr(), t.device)] = t.untyped_storage().nbytes()
+    del result
+    return sum(alive.values())
 
 
 @pytest.mark.parametrize("driver", ["run_particles", "smc"])
@@ -370,3 +379,18 @@ def test_truncation_changes_nothing_where_no_gradient_crosses_the_boundaries(seq
         return torch.autograd.grad(result.log_z.sum(), [model.bias])[0]
 
     torch.testing.assert_close(grad(1), grad(None), rtol=1e-12, atol=1e-12)
+
+
+def test_a_retained_graph_recomputes_again_with_the_same_draws(seq):
+    model, x = _model(seq, "vrnn")
+    params = list(model.parameters())
+
+    def grads(remat_chunk, twice):
+        torch.manual_seed(5)
+        generator = torch.Generator().manual_seed(11)
+        value = smc(model, x, K, ess_threshold=1.0, generator=generator, remat_chunk=remat_chunk).log_z.sum()
+        first = torch.autograd.grad(value, params, retain_graph=twice)
+        return [a + b for a, b in zip(first, torch.autograd.grad(value, params))] if twice else first
+
+    for a, b in zip(grads(CHUNK, True), grads(None, False)):
+        torch.testing.assert_close(a, 2 * b, rtol=1e-12, atol=1e-12)
