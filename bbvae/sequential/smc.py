@@ -8,6 +8,10 @@ weights are reset to uniform. At the end ``logmeanexp`` of the remaining weights
 past a sequence's length change nothing, and a sequence is never resampled at its last step (it
 would change no value). Resampling is a ``gather`` on dim 1; ancestors carry no gradient.
 
+Long sequences: ``remat_chunk`` (activation checkpointing, the same values and gradients) and
+``tbptt_chunk`` (truncated backpropagation, another gradient) run the loop in chunks of time steps
+(:mod:`bbvae.sequential.chunks`).
+
 Resampling schemes are small functions ``(log_weights [B, K], generator=None) -> ancestors [B, K]``
 (long): :func:`multinomial_resampling`, :func:`systematic_resampling`,
 :func:`stratified_resampling`. Any callable of that form can be passed as ``resampling``.
