@@ -230,7 +230,11 @@ def run_config(args) -> dict:
 def format_row(row: dict, full: dict | None) -> str:
     """One markdown row; ``full``: the ``full`` config's row, for the ratios (None: "-")."""
     mib, kib = 2.0**20, 1024.0
-    rel = f"{row['peak_growth_bytes'] / full['peak_growth_bytes']:.3f}" if full else "-"
+    rel = (
+        f"{row['peak_growth_bytes'] / full['peak_growth_bytes']:.3f}"
+        if full and full["peak_growth_bytes"]
+        else "-"
+    )
     time_rel = f"{row['step_cpu_s'] / full['step_cpu_s']:.2f}" if full and row["step_cpu_s"] else "-"
     step = f"{row['step_cpu_s']:.1f}" if row["step_cpu_s"] is not None else "-"
     wall = f"{row['step_wall_s']:.1f}" if row["step_wall_s"] is not None else "-"

@@ -40,10 +40,12 @@ def test_quick_rows_of_full_and_checkpointed_steps(bench):
     assert remat["saved_bytes"] < 0.5 * full["saved_bytes"]
     assert full["saved_bytes_per_unit"] == full["saved_bytes"] / (2 * 2 * 96)
     assert full["step_cpu_s"] > 0
+    # (in a process that ran other tests first the resident set may not grow: no ratio then)
     row = bench.format_row(remat, full).split(" | ")
-    assert (
-        row[0] == "| remat=16" and row[3] == f"{remat['peak_growth_bytes'] / full['peak_growth_bytes']:.3f}"
-    )
+    assert row[0] == "| remat=16" and len(row) == 10
+    full["peak_growth_bytes"], remat["peak_growth_bytes"] = 4 * 2**20, 2**20
+    cells = bench.format_row(remat, full).split(" | ")
+    assert (cells[1], cells[3]) == ("1", "0.250")  # MiB, and the ratio to full
 
 
 def test_config_names(bench):
