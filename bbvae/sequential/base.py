@@ -329,10 +329,11 @@ def run_particles(
         inputs: optional side inputs ``[batch, T, ...]``.
         z: ``[batch, K, T, *latent_shape]`` latents to score (teacher forcing) instead of proposing.
         reparametrize: propose with ``rsample`` (when the model has it) rather than ``sample``.
-        remat_chunk: activation checkpointing: run every this many time steps inside
-            ``torch.utils.checkpoint``, recomputed (with the same draws) in the backward; the same
-            values and gradients with the activations of one chunk alive instead of all ``T``
-            steps' (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default off).
+        remat_chunk: activation checkpointing: every this many time steps are one autograd node
+            that keeps only its outputs and is recomputed (with the same draws) in the backward;
+            the same values and gradients with the activations of one chunk alive instead of all
+            ``T`` steps' (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default
+            off).
         tbptt_chunk: truncated backpropagation through time: the recurrent state is detached
             every this many steps. The same values, a different (biased) gradient.
             ``None``: ``model.tbptt_chunk`` (default off).

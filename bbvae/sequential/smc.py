@@ -236,9 +236,9 @@ def smc(
         return_latents: also return the particles' ancestral lines of latents.
         return_state: also return the final particles' state (to continue the sequences); each
             sequence's state is then frozen once its length is reached.
-        remat_chunk: activation checkpointing: every this many time steps of the filter run inside
-            ``torch.utils.checkpoint`` and are recomputed in the backward, replaying the same
-            proposals and resampling uniforms (also those of ``generator``): the same values and
+        remat_chunk: activation checkpointing: every this many time steps of the filter are one
+            autograd node that keeps only its outputs and is recomputed in the backward, replaying
+            the same proposals and resampling uniforms (also those of ``generator``): the same values and
             gradients, with one chunk's activations alive instead of all ``T`` steps'
             (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default off).
         tbptt_chunk: truncated backpropagation through time: the particle system (the model state
