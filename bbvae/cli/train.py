@@ -168,6 +168,20 @@ def add_parser(commands, common: argparse.ArgumentParser) -> None:
         "particles on the CPU; the first steps compile; eager fallback with a warning)",
     )
     train.add_argument(
+        "--remat-chunk",
+        type=positive_int,
+        metavar="N",
+        help="activation checkpointing over chunks of N time steps: the same bound and gradients with "
+        "the memory of one chunk instead of the whole sequence, one more forward pass (long sequences)",
+    )
+    train.add_argument(
+        "--tbptt-chunk",
+        type=positive_int,
+        metavar="N",
+        help="truncated backpropagation through time: the state is detached every N steps (the same "
+        "bound, a different, biased gradient estimator; combine with --remat-chunk to bound memory)",
+    )
+    train.add_argument(
         "--eval-every", type=positive_int, help="validate on the valid split every N steps (keeps best.pt)"
     )
     train.add_argument(

@@ -8,6 +8,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal, kl_dive
 from bbvae._validation import is_validation_enabled
 from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss
+from bbvae.losses.sequence_options import check_sequence_options, sequence_options
 
 _ESTIMATORS = ("auto", "reparam", "score", "stl")
 
@@ -23,6 +24,10 @@ class ELBO(Loss):
             parameters detached in ``log q``, which drops the zero-mean score term).
         analytic_kl: use ``E_q[log p(x|z)] - KL(q(z|x) || p(z))`` with the KL in closed
             form (needs ``gen_model.prior()`` and a KL registered in torch).
+        compile, remat_chunk, tbptt_chunk: for sequence models only (the views
+            ``model.inf_net`` / ``model.gen_model``): compile the model's step, activation
+            checkpointing and truncated backpropagation over chunks of time steps, as in
+            :class:`~bbvae.losses.FIVO` (:mod:`bbvae.losses.sequence_options`).
     """
 
     def __init__(
@@ -32,6 +37,9 @@ class ELBO(Loss):
         n_samples: int = 1,
         estimator: str = "auto",
         analytic_kl: bool = False,
+        compile: bool | dict = False,
+        remat_chunk: int | None = None,
+        tbptt_chunk: int | None = None,
     ) -> None:
         super().__init__(inf_net, gen_model, n_samples)
         if estimator not in _ESTIMATORS:
@@ -41,10 +49,18 @@ class ELBO(Loss):
                 "ELBO: estimator='stl' removes the score term of log q, which the analytic KL "
                 "does not have; use analytic_kl=False with 'stl'"
             )
+        check_sequence_options("ELBO", inf_net, compile, remat_chunk, tbptt_chunk)
         self.estimator = estimator
         self.analytic_kl = analytic_kl
+        self.compile = compile
+        self.remat_chunk = remat_chunk
+        self.tbptt_chunk = tbptt_chunk
 
     def estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
+        with sequence_options(self):
+            return self._estimate(x, **context)
+
+    def _estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.inf_net(x, **context)
         estimator = self.estimator
         if estimator == "auto":

@@ -7,6 +7,7 @@ import torch
 from bbvae._validation import check_no_nan
 from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss, log_mean_exp
+from bbvae.losses.sequence_options import check_sequence_options, ensure_compiled
 from bbvae.losses.vimco import leave_one_out_bounds
 from bbvae.sequential.base import length_mask
 from bbvae.sequential.smc import GRADIENTS, get_resampling, multinomial_resampling, smc
@@ -44,6 +45,16 @@ class FIVO(Loss):
         proposal_gradient: for latents without rsample (below): ``"unbiased"`` (default) or
             ``"segment"`` (VIMCO's leave-one-out signal within each segment between resamplings,
             see ``_segment_score``: biased, much lower variance on long sequences; K >= 2).
+        compile: ``True`` (or a dict of ``torch.compile`` keywords) compiles the model's step
+            (``model.compile_step()``) at the first call, unless it is compiled already; a compiler
+            that fails warns and the eager step runs (:mod:`bbvae.losses.sequence_options`).
+        remat_chunk: activation checkpointing over chunks of this many time steps: the same bound
+            and gradients (the recomputation replays the same draws) with one chunk's activations
+            alive instead of all ``T`` steps', for one more forward pass. ``None``: the model's
+            ``remat_chunk`` (default off). See :mod:`bbvae.sequential.chunks`.
+        tbptt_chunk: truncated backpropagation through time: the particle system is detached every
+            this many steps. The same bound, a different (biased) gradient estimator. ``None``: the
+            model's ``tbptt_chunk`` (default off).
 
     **Latents that cannot be reparametrized** (``model.has_rsample`` false, e.g. ``DiscreteHMM``):
     the proposals are drawn with ``sample`` and the gradient adds their score-function term,
@@ -81,9 +92,13 @@ class FIVO(Loss):
         gradient: str = "none",
         normalize: str = "sequence",
         proposal_gradient: str = "unbiased",
+        compile: bool | dict = False,
+        remat_chunk: int | None = None,
+        tbptt_chunk: int | None = None,
     ) -> None:
         super().__init__(inf_net, gen_model, n_particles)
         get_sequential_model(inf_net, gen_model, "FIVO")
+        check_sequence_options("FIVO", inf_net, compile, remat_chunk, tbptt_chunk)
         resample_fn = get_resampling(resampling, "FIVO")
         if gradient not in GRADIENTS:
             raise ValueError(f"FIVO: expected gradient in {GRADIENTS}, got {gradient!r}")
@@ -115,6 +130,9 @@ class FIVO(Loss):
         self.gradient = gradient
         self.normalize = normalize
         self.proposal_gradient = proposal_gradient
+        self.compile = compile
+        self.remat_chunk = remat_chunk
+        self.tbptt_chunk = tbptt_chunk
         # Running mean of log Z-hat per valid step (bias-corrected), the proposals' baseline rate
         # for latents that cannot be reparametrized.
         self.register_buffer("score_rate", torch.zeros(()))
@@ -130,6 +148,7 @@ class FIVO(Loss):
                 f"{type(model).__name__}'s proposal is reparametrized (its gradient is pathwise); "
                 "leave proposal_gradient at its default"
             )
+        ensure_compiled(model, self.compile)
         # smc checks x, lengths and inputs (once: FIVO does not check them again).
         result = smc(
             model,
@@ -141,6 +160,8 @@ class FIVO(Loss):
             inputs=inputs,
             reparametrize=True,
             gradient=self.gradient,
+            remat_chunk=self.remat_chunk,
+            tbptt_chunk=self.tbptt_chunk,
         )
         log_z = result.log_z
         check_no_nan("log Z-hat", log_z, "FIVO")

@@ -6,6 +6,7 @@ import torch
 
 from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss, log_mean_exp, normalized_weights
+from bbvae.losses.sequence_options import check_sequence_options, sequence_options
 
 _ESTIMATORS = ("reparam", "stl", "dreg")
 
@@ -20,19 +21,38 @@ class IWAE(Loss):
             K > 1, Roeder et al. 2017) or ``"dreg"`` (doubly reparametrized gradient,
             Tucker et al. 2019: unbiased for the bound's gradient, and its signal-to-noise
             ratio for q does not vanish as K grows).
+        compile, remat_chunk, tbptt_chunk: for sequence models only (the views
+            ``model.inf_net`` / ``model.gen_model``): compile the model's step, activation
+            checkpointing and truncated backpropagation over chunks of time steps, as in
+            :class:`~bbvae.losses.FIVO` (:mod:`bbvae.losses.sequence_options`).
     """
 
     importance_weighted = True
 
     def __init__(
-        self, inf_net: InfNet, gen_model: GenModel, n_samples: int = 1, estimator: str = "reparam"
+        self,
+        inf_net: InfNet,
+        gen_model: GenModel,
+        n_samples: int = 1,
+        estimator: str = "reparam",
+        compile: bool | dict = False,
+        remat_chunk: int | None = None,
+        tbptt_chunk: int | None = None,
     ) -> None:
         super().__init__(inf_net, gen_model, n_samples)
         if estimator not in _ESTIMATORS:
             raise ValueError(f"IWAE: expected estimator in {_ESTIMATORS}, got {estimator!r}")
+        check_sequence_options("IWAE", inf_net, compile, remat_chunk, tbptt_chunk)
         self.estimator = estimator
+        self.compile = compile
+        self.remat_chunk = remat_chunk
+        self.tbptt_chunk = tbptt_chunk
 
     def estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
+        with sequence_options(self):
+            return self._estimate(x, **context)
+
+    def _estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.inf_net(x, **context)
         if not q.has_rsample:
             raise TypeError(

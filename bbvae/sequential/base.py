@@ -34,9 +34,11 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
-from bbvae._validation import check_positive_int, check_tensor, is_validation_enabled, shape_str
+from bbvae._validation import check_positive_int, check_tensor, shape_str
+from bbvae.sequential.chunks import resolve_chunks, run_steps
 from bbvae.sequential.compiled import CompiledStep, model_step
 from bbvae.sequential.pytree import State, gather_particles, tree_map, tree_where
+from bbvae.sequential.sequence_args import check_sequence_args, length_mask
 
 if TYPE_CHECKING:
     from bbvae.sequential.views import SequentialGenModel, SequentialInfNet
@@ -109,7 +111,8 @@ class SequentialModel(nn.Module):
     A subclass implements :meth:`encode`, :meth:`init_state`, :meth:`step` and, to generate,
     :meth:`generate_init` and :meth:`generate_step`; optionally ``exact_log_prob(x, lengths=None)``
     ``-> [batch]``. It sets the class (or instance) attributes ``has_rsample`` and ``latent_shape``.
-    ``forward`` is reserved: it runs :func:`run_particles`.
+    ``forward`` is reserved: it runs :func:`run_particles`. The drivers run long sequences in chunks
+    of time steps when ``remat_chunk`` / ``tbptt_chunk`` are set (class or instance attributes).
 
     The views :attr:`inf_net` and :attr:`gen_model` make the model usable by every
     :class:`~bbvae.losses.Loss`: ``IWAE(model.inf_net, model.gen_model, n_samples=K)(x, lengths=lengths)``.
@@ -119,6 +122,13 @@ class SequentialModel(nn.Module):
     has_rsample: bool = True
     #: Per-step latent shape: ``()``, ``(d,)``, ...
     latent_shape: tuple[int, ...] = ()
+    #: Activation checkpointing over chunks of this many time steps in every driver, hence every
+    #: loss (``model.remat_chunk = 64``; ``None``: off): the same values and gradients, bounded
+    #: memory, one more forward pass (:mod:`bbvae.sequential.chunks`).
+    remat_chunk: int | None = None
+    #: Truncated backpropagation through time: the state is detached every this many steps
+    #: (``None``: off). The same values, a different (biased) gradient (:mod:`bbvae.sequential.chunks`).
+    tbptt_chunk: int | None = None
 
     # ------------------------------------------------------------------------ subclass hooks
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, inputs=None) -> Sequence:
@@ -219,55 +229,6 @@ class SequentialModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------- validation
-def check_sequence_args(x, lengths, inputs, where: str) -> tuple[int, int, list[torch.Tensor] | None]:
-    """Check ``x`` ``[batch, T, ...]``, ``lengths`` ``[batch]`` long and ``inputs`` ``[batch, T, ...]``.
-
-    Returns:
-        ``(batch, T, masks)`` where ``masks`` is the ``[batch, T]`` validity mask unbound along time
-        (a list of ``T`` ``[batch]`` bool tensors), or ``None`` when ``lengths`` is ``None``.
-    """
-    check_tensor("x", x, where)
-    if x.dim() < 2:
-        raise ValueError(
-            f"{where}: expected x of shape [batch, T, *obs_shape], got {shape_str(list(x.shape))}"
-        )
-    batch, n_steps = x.shape[0], x.shape[1]
-    if n_steps < 1:
-        raise ValueError(
-            f"{where}: expected at least one time step, got x of shape {shape_str(list(x.shape))}"
-        )
-    if inputs is not None:
-        check_tensor("inputs", inputs, where)
-        if inputs.dim() < 2 or tuple(inputs.shape[:2]) != (batch, n_steps):
-            raise ValueError(
-                f"{where}: expected inputs of shape [{batch}, {n_steps}, ...] (batch and time of x), "
-                f"got {shape_str(list(inputs.shape))}"
-            )
-    if lengths is None:
-        return batch, n_steps, None
-    check_tensor("lengths", lengths, where)
-    if lengths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"{where}: expected lengths to be an integer tensor, got dtype {lengths.dtype}")
-    if tuple(lengths.shape) != (batch,):
-        raise ValueError(
-            f"{where}: expected lengths of shape [{batch}] (one per sequence), "
-            f"got {shape_str(list(lengths.shape))}"
-        )
-    if is_validation_enabled():
-        bad = (lengths < 1) | (lengths > n_steps)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"{where}: expected 1 <= lengths <= T = {n_steps}, got lengths[{i}] = {int(lengths[i])}"
-            )
-    return batch, n_steps, list(length_mask(lengths, n_steps, x.device).unbind(1))
-
-
-def length_mask(lengths: torch.Tensor, n_steps: int, device: torch.device) -> torch.Tensor:
-    """``[batch, T]`` bool, True where ``t < lengths[b]`` (no checks: ``lengths`` ``[batch]``)."""
-    return torch.arange(n_steps, device=device).unsqueeze(0) < lengths.to(device).unsqueeze(1)
-
-
 def _check_step_output(model, out, batch: int, n_particles: int, where: str) -> None:
     if not isinstance(out, StepOutput):
         if isinstance(out, tuple) and len(out) == 4:
@@ -307,6 +268,8 @@ def run_particles(
     inputs: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
     reparametrize: bool = True,
+    remat_chunk: int | None = None,
+    tbptt_chunk: int | None = None,
 ) -> ParticleRun:
     """Run ``n_particles`` independent particles through the model, without resampling.
 
@@ -318,6 +281,14 @@ def run_particles(
         inputs: optional side inputs ``[batch, T, ...]``.
         z: ``[batch, K, T, *latent_shape]`` latents to score (teacher forcing) instead of proposing.
         reparametrize: propose with ``rsample`` (when the model has it) rather than ``sample``.
+        remat_chunk: activation checkpointing: every this many time steps are one autograd node
+            that keeps only its outputs and is recomputed (with the same draws) in the backward;
+            the same values and gradients with the activations of one chunk alive instead of all
+            ``T`` steps' (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default
+            off).
+        tbptt_chunk: truncated backpropagation through time: the recurrent state is detached
+            every this many steps. The same values, a different (biased) gradient.
+            ``None``: ``model.tbptt_chunk`` (default off).
 
     Returns:
         :class:`ParticleRun` ``(log_p [batch, K], log_q [batch, K], z [batch, K, T, *latent_shape])``,
@@ -327,7 +298,9 @@ def run_particles(
     _check_model(model, where)
     check_positive_int("n_particles", n_particles, where)
     _, _, masks = check_sequence_args(x, lengths, inputs, where)
-    return run_particles_unchecked(model, x, n_particles, lengths, inputs, z, reparametrize, masks, where)
+    return run_particles_unchecked(
+        model, x, n_particles, lengths, inputs, z, reparametrize, masks, where, remat_chunk, tbptt_chunk
+    )
 
 
 def run_particles_unchecked(
@@ -340,13 +313,16 @@ def run_particles_unchecked(
     reparametrize: bool,
     masks: list[torch.Tensor] | None,
     where: str,
+    remat_chunk: int | None = None,
+    tbptt_chunk: int | None = None,
 ) -> ParticleRun:
     """:func:`run_particles` for arguments already checked by :func:`check_sequence_args`.
 
     ``masks`` is what that check returned (``T`` tensors ``[batch]`` bool, or ``None``). Only what
     the caller cannot have checked is checked here: ``z`` against the model's latent shape, the
-    number of encoded steps and the first step's output.
+    number of encoded steps, the first step's output and the chunk sizes.
     """
+    remat_chunk, tbptt_chunk = resolve_chunks(model, remat_chunk, tbptt_chunk, where)
     batch, n_steps = x.shape[0], x.shape[1]
     z_steps: Sequence = [None] * n_steps
     if z is not None:
@@ -361,15 +337,17 @@ def run_particles_unchecked(
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, n_particles)
     step_fn = model_step(model)
-    lps, lqs, zs = [], [], []
-    for t, (encoded_t, z_t) in enumerate(zip(encoded, z_steps)):
+
+    def body(t: int, state: State, inputs_t):
+        encoded_t, z_t = inputs_t
         out = step_fn(state, encoded_t, z=z_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, n_particles, where)
-        lps.append(out.log_p)
-        lqs.append(out.log_q)
-        zs.append(out.z)
-        state = out.state
+        return out.state, (out.log_p, out.log_q, out.z)
+
+    params = list(model.parameters()) if remat_chunk is not None else ()
+    _, outs = run_steps(body, state, list(zip(encoded, z_steps)), x, params, remat_chunk, tbptt_chunk)
+    lps, lqs, zs = zip(*outs)
     # Masked and summed once after the loop: [batch, K, T] -> [batch, K].
     log_p, log_q = torch.stack(lps, dim=2), torch.stack(lqs, dim=2)
     if masks is not None:

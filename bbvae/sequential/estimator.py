@@ -133,6 +133,13 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
             :mod:`bbvae.sequential.compiled`): 1.4-1.6x faster on the CPU for small batches and
             few particles (batch 4, K = 4), slower at hundreds of rows; the first steps compile
             (tens of seconds). Falls back to eager, with a warning, where compilation fails.
+        remat_chunk: activation checkpointing over chunks of this many time steps (set as
+            ``model_.remat_chunk``): the same bound and gradients, the activations of one chunk
+            kept instead of the whole sequence's, one more forward pass; for long sequences
+            (MuseData, Piano-midi). None: off. See :mod:`bbvae.sequential.chunks`.
+        tbptt_chunk: truncated backpropagation through time, the state detached every this many
+            steps (set as ``model_.tbptt_chunk``): the same bound, a different (biased) gradient
+            estimator. None: off.
         max_length: text data sets: the length of the pieces the text is cut into (None: 100);
             other data: sequences are cut to their first ``max_length`` steps (None: kept whole).
         length_bucketing: batch sequences of similar length (pools of this many batches sorted by
@@ -206,6 +213,8 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         dropout: float = 0.0,
         scheduled_sampling: str | dict | None = None,
         compile: bool = False,
+        remat_chunk: int | None = None,
+        tbptt_chunk: int | None = None,
         max_length: int | None = None,
         length_bucketing: int | None = None,
         eval_bound: str | None = None,
@@ -247,6 +256,8 @@ class SequenceModel(SequenceModelBuilder, SequenceModelSampling, EstimatorMixin)
         self.dropout = dropout
         self.scheduled_sampling = scheduled_sampling
         self.compile = compile
+        self.remat_chunk = remat_chunk
+        self.tbptt_chunk = tbptt_chunk
         self.max_length = max_length
         self.length_bucketing = length_bucketing
         self.eval_bound = eval_bound

@@ -18,6 +18,7 @@ from bbvae.losses.base import Loss
 from bbvae.losses.per_step import PerStep
 from bbvae.sequential.base import SequentialModel
 from bbvae.sequential.bounds import EVAL_BOUNDS
+from bbvae.sequential.chunks import CHUNK_OPTIONS, check_chunk
 from bbvae.sequential.estimator_data import DataInfo, data_info, is_binary, to_sequences
 from bbvae.sequential.scheduled import parse_scheduled_sampling
 from bbvae.training.rng import set_seed
@@ -87,6 +88,8 @@ class SequenceModelBuilder:
         parse_scheduled_sampling(self.scheduled_sampling, where)
         if not isinstance(self.compile, bool):
             raise TypeError(f"{where}: expected compile to be a bool, got {self.compile!r}")
+        check_chunk("remat_chunk", self.remat_chunk, where)
+        check_chunk("tbptt_chunk", self.tbptt_chunk, where)
         if self.scheduled_sampling is not None:
             feeds_back = (
                 callable(getattr(self.model, "set_scheduled_sampling", None))
@@ -217,6 +220,9 @@ class SequenceModelBuilder:
         model = self._build_model(info, observation, device)
         if self.compile:
             model.compile_step()
+        for name in CHUNK_OPTIONS:  # (None leaves a given model's own setting)
+            if getattr(self, name) is not None:
+                setattr(model, name, getattr(self, name))
         self.model_ = model
         self.loss_ = self._build_loss(model)
         self.observation_ = observation

@@ -8,6 +8,10 @@ weights are reset to uniform. At the end ``logmeanexp`` of the remaining weights
 past a sequence's length change nothing, and a sequence is never resampled at its last step (it
 would change no value). Resampling is a ``gather`` on dim 1; ancestors carry no gradient.
 
+Long sequences: ``remat_chunk`` (activation checkpointing, the same values and gradients) and
+``tbptt_chunk`` (truncated backpropagation, another gradient) run the loop in chunks of time steps
+(:mod:`bbvae.sequential.chunks`).
+
 Resampling schemes are small functions ``(log_weights [B, K], generator=None) -> ancestors [B, K]``
 (long): :func:`multinomial_resampling`, :func:`systematic_resampling`,
 :func:`stratified_resampling`. Any callable of that form can be passed as ``resampling``.
@@ -31,6 +35,7 @@ from bbvae.sequential.base import (
     gather_particles,
     tree_where,
 )
+from bbvae.sequential.chunks import resolve_chunks, run_steps
 from bbvae.sequential.compiled import model_step
 
 Resampler = Callable[..., torch.Tensor]
@@ -144,6 +149,20 @@ class SMCResult(NamedTuple):
     step_log_weights: torch.Tensor | None = None
 
 
+class _Step(NamedTuple):
+    """What the filter keeps of one step (each ``[batch, K]`` or ``[batch]``)."""
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    log_weights: torch.Tensor  # accumulated, before any resampling here (detached)
+    z: torch.Tensor | None  # only with return_latents
+    ess: torch.Tensor
+    resampled: torch.Tensor
+    ancestors: torch.Tensor
+    pre_resampling: torch.Tensor | None  # the log-weights with their gradient, where it may resample
+    log_softmax: torch.Tensor | None  # their log-softmax (differentiable for gradient="score")
+
+
 def _log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     return log_mean_exp(log_w, dim=1)  # a row of only -inf gives -inf with a zero gradient
 
@@ -190,6 +209,8 @@ def smc(
     generator: torch.Generator | None = None,
     return_latents: bool = False,
     return_state: bool = False,
+    remat_chunk: int | None = None,
+    tbptt_chunk: int | None = None,
 ) -> SMCResult:
     """Run a particle filter and return log Z-hat and its diagnostics.
 
@@ -215,6 +236,15 @@ def smc(
         return_latents: also return the particles' ancestral lines of latents.
         return_state: also return the final particles' state (to continue the sequences); each
             sequence's state is then frozen once its length is reached.
+        remat_chunk: activation checkpointing: every this many time steps of the filter are one
+            autograd node that keeps only its outputs and is recomputed in the backward, replaying
+            the same proposals and resampling uniforms (also those of ``generator``): the same values and
+            gradients, with one chunk's activations alive instead of all ``T`` steps'
+            (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default off).
+        tbptt_chunk: truncated backpropagation through time: the particle system (the model state
+            and the log-weights) is carried on but detached every this many steps. The same values
+            (bound, draws, diagnostics); a different, biased gradient, without the paths through
+            the chunk boundaries. ``None``: ``model.tbptt_chunk`` (default off).
 
     Returns:
         :class:`SMCResult`.
@@ -237,6 +267,7 @@ def smc(
             f"of per-particle probabilities only for multinomial resampling; got resampling={resampling!r}"
         )
     batch, n_steps, masks = check_sequence_args(x, lengths, inputs, where)
+    remat_chunk, tbptt_chunk = resolve_chunks(model, remat_chunk, tbptt_chunk, where)
     k = n_particles
     encoded = encode_checked(model, x, lengths, inputs, n_steps, where)
     state = model.init_state(encoded, k)
@@ -248,40 +279,34 @@ def smc(
     # The ancestral lines' log p and log q are also summed afterwards (from the per-step values and
     # the ancestors), and a dead sequence's ESS (NaN in the loop: never resampled) is set to 0 there.
     valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
-    log_w = None
-    ess, resampled, ancestors, pre_resampling_w, lsm, zs = [], [], [], [], [], []
-    lp_list, lq_list, step_w_list = [], [], []
-    identity = None
-    for t, encoded_t in enumerate(encoded):
+    const: dict[str, torch.Tensor] = {}  # made at the first step, without gradient
+
+    def body(t: int, carry, encoded_t):
+        state, log_w = carry
         out = step_fn(state, encoded_t, reparametrize=reparametrize)
         if t == 0:
             out = _check_step_output(model, out, batch, k, where)
-            identity = torch.arange(k, device=out.log_p.device).expand(batch, k)
-            zero = out.log_p.new_zeros(())
-            never = torch.zeros(batch, dtype=torch.bool, device=out.log_p.device)
+        if not const:
+            const["identity"] = torch.arange(k, device=out.log_p.device).expand(batch, k)
+            const["zero"] = out.log_p.new_zeros(())
+            const["never"] = torch.zeros(batch, dtype=torch.bool, device=out.log_p.device)
+        identity, zero = const["identity"], const["zero"]
         valid = masks[t] if masks is not None else None
         # The state past a sequence's end is never scored; it is kept only when asked for.
         state = out.state if not (return_state and valid is not None) else tree_where(valid, out.state, state)
-        lp_list.append(out.log_p)
-        lq_list.append(out.log_q)
         step_w = out.log_p - out.log_q
         if valid is not None:
             step_w = torch.where(valid_k[t], step_w, zero)
         log_w = step_w if log_w is None else log_w + step_w
         detached = log_w.detach()
-        step_w_list.append(detached)
-        if return_latents:
-            zs.append(out.z)
+        z_t = out.z if return_latents else None
         # [batch, K], [batch]; NaN where every weight is 0 (fixed after the loop)
         log_norm = torch.log_softmax(detached, dim=1)
         step_ess = torch.exp(-torch.logsumexp(2.0 * log_norm, dim=1))
-        ess.append(step_ess)
         # Resample where the ESS is low, but never past a sequence's end or at its last step.
-        last = t == n_steps - 1
-        if not may_resample or last:
-            resampled.append(never)
-            ancestors.append(identity)
-            continue
+        if not may_resample or t == n_steps - 1:
+            kept = _Step(out.log_p, out.log_q, detached, z_t, step_ess, const["never"], identity, None, None)
+            return (state, log_w), kept
         # (threshold 1 resamples even equal weights, whose ESS is exactly K)
         do = step_ess < ess_threshold * k if ess_threshold < 1.0 else step_ess >= 0.0
         if masks is not None:
@@ -291,16 +316,28 @@ def smc(
         # here, which compares False above.
         drawn = resample_fn(detached, generator=generator)
         anc = torch.where(do.unsqueeze(1), drawn, identity)  # [batch, K]
-        resampled.append(do)
-        ancestors.append(anc)
-        pre_resampling_w.append(log_w)
-        lsm.append(torch.log_softmax(log_w, dim=1) if gradient == "score" else log_norm)
+        lsm = torch.log_softmax(log_w, dim=1) if gradient == "score" else log_norm
+        kept = _Step(out.log_p, out.log_q, detached, z_t, step_ess, do, anc, log_w, lsm)
         if gradient == "stop_gradient":
             gathered = torch.gather(log_w, 1, anc)
             log_w = torch.where(do.unsqueeze(1), gathered - gathered.detach(), log_w)
         else:
             log_w = torch.where(do.unsqueeze(1), zero, log_w)
-        state = model.reorder(state, anc)
+        return (model.reorder(state, anc), log_w), kept
+
+    params = list(model.parameters()) if remat_chunk is not None else ()
+    (state, log_w), steps = run_steps(
+        body, (state, None), list(encoded), x, params, remat_chunk, tbptt_chunk, generator, masks
+    )
+    zero = const["zero"]
+    resampled = [step.resampled for step in steps]
+    ancestors = [step.ancestors for step in steps]
+    ess = [step.ess for step in steps]
+    step_w_list = [step.log_weights for step in steps]
+    lp_list, lq_list = [step.log_p for step in steps], [step.log_q for step in steps]
+    zs = [step.z for step in steps] if return_latents else []
+    pre_resampling_w = [step.pre_resampling for step in steps if step.pre_resampling is not None]
+    lsm = [step.log_softmax for step in steps if step.pre_resampling is not None]
 
     resampled_t = torch.stack(resampled, dim=1)  # [batch, T]
     ancestors_t = torch.stack(ancestors, dim=1)  # [batch, T, K]

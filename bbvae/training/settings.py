@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from bbvae._validation import check_positive_int
+from bbvae.losses.sequence_options import check_compile, ensure_compiled
+from bbvae.sequential.base import SequentialModel
+from bbvae.sequential.chunks import CHUNK_OPTIONS, check_chunk
 from bbvae.sequential.scheduled import ScheduledSampling, parse_scheduled_sampling
 from bbvae.training.averaging import check_ema_decay
 from bbvae.training.callbacks import Callback
@@ -93,6 +96,9 @@ class TrainerSettings:
         )
         check_ema_decay(self.ema_decay, name)
         parse_scheduled_sampling(getattr(self, "scheduled_sampling", None), name)
+        check_compile(getattr(self, "compile", False), name)
+        for key in CHUNK_OPTIONS:
+            check_chunk(key, getattr(self, key, None), name)
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(
@@ -126,7 +132,29 @@ class TrainerSettings:
             "warmup_start_factor": float(self.warmup_start_factor),
             "ema_decay": self.ema_decay,
             "scheduled_sampling": _spec(getattr(self, "scheduled_sampling", None)),
+            "compile": getattr(self, "compile", False),
+            "remat_chunk": getattr(self, "remat_chunk", None),
+            "tbptt_chunk": getattr(self, "tbptt_chunk", None),
         }
+
+    def _apply_sequence_options(self) -> None:
+        """``compile``, ``remat_chunk`` and ``tbptt_chunk`` onto every sequence model of the loss."""
+        compile = getattr(self, "compile", False)
+        chunks = {key: getattr(self, key, None) for key in CHUNK_OPTIONS}
+        chunks = {key: value for key, value in chunks.items() if value is not None}
+        if compile is False and not chunks:
+            return
+        models = [m for m in self.loss.modules() if isinstance(m, SequentialModel)]
+        if not models:
+            given = [f"{k}={v!r}" for k, v in {"compile": compile, **chunks}.items() if v is not False]
+            raise ValueError(
+                f"Trainer: {', '.join(given)} applies to sequence models, but "
+                f"{type(self.loss).__name__} holds no SequentialModel"
+            )
+        for model in models:
+            ensure_compiled(model, compile)
+            for key, value in chunks.items():
+                setattr(model, key, value)
 
     def _parameters(self) -> list[nn.Parameter]:
         params = [p for p in self.loss.parameters() if p.requires_grad]  # parameters() deduplicates

@@ -108,6 +108,16 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
             of the loss with a ``set_training_step(step)`` method is told the number of optimizer
             steps taken before each step, so the schedule follows ``n_iter_`` (and a resumed run
             continues it exactly).
+        compile: ``True`` (or a dict of ``torch.compile`` keywords): at the start of :meth:`fit`
+            every sequence model of the loss gets its step compiled (``model.compile_step()``,
+            unless it is compiled already; :mod:`bbvae.sequential.compiled`), with an eager
+            fallback and a warning where compilation fails. False: the models are left as they are.
+        remat_chunk: activation checkpointing over chunks of this many time steps, set on every
+            sequence model of the loss at the start of :meth:`fit` (``model.remat_chunk``): the
+            same bound and gradients with bounded memory on long sequences, one more forward pass
+            (:mod:`bbvae.sequential.chunks`). None: the models are left as they are.
+        tbptt_chunk: truncated backpropagation through time every this many steps, set likewise
+            (``model.tbptt_chunk``): the same bound, a different (biased) gradient estimator.
 
     Attributes:
         loss_history_ (list[float]): the training loss (negative bound, mean over the batch
@@ -164,6 +174,9 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         length_bucketing: int | None = None,
         tensorboard: bool | str | os.PathLike = False,
         scheduled_sampling: Any = None,
+        compile: bool | dict = False,
+        remat_chunk: int | None = None,
+        tbptt_chunk: int | None = None,
     ) -> None:
         self.loss = loss
         self.optimizer = optimizer
@@ -196,6 +209,9 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         self.length_bucketing = length_bucketing
         self.tensorboard = tensorboard
         self.scheduled_sampling = scheduled_sampling
+        self.compile = compile
+        self.remat_chunk = remat_chunk
+        self.tbptt_chunk = tbptt_chunk
         self.stop_training = False
 
     #: Check the loss for NaN/inf after every step (True) or only at logging points (False);
@@ -253,6 +269,7 @@ class Trainer(TrainingLoop, TrainerCheckpointing, TrainerEvaluation, TrainerLogg
         # (before a checkpoint's state, which holds the schedule's step, is loaded)
         if getattr(self, "scheduled_sampling", None) is not None:
             set_scheduled_sampling(self.loss, self.scheduled_sampling, "Trainer")
+        self._apply_sequence_options()
         self._step_hooks = [m for m in self.loss.modules() if callable(getattr(m, "set_training_step", None))]
         if self.seed is not None:  # data-shaped parameters (NVIL's baseline) are seeded too
             with torch.random.fork_rng(devices=[]):
