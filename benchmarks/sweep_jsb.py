@@ -8,7 +8,7 @@ of sizes x dropout x weight decay x averaging x schedule would cost dozens of CP
 
 * base: latent/hidden size 32, no dropout, no weight decay, weight averaging (EMA 0.999),
   learning rate 3e-4 halved when the validation bound stalls (plateau);
-* sizes 16 and 64; dropout 0.1 and 0.3; weight decay 0.1; no EMA; a constant learning rate;
+* sizes 16 and 64; dropout 0.1 and 0.3; weight decay 0.1 and 0.3; no EMA; a constant learning rate;
   and size 64 with dropout 0.2; and, for the time to a bound, batch 16 at learning rate 6e-4.
 
 Weight decay is AdamW's decoupled decay, which shrinks the weights by ``lr * weight_decay`` per step:
@@ -45,6 +45,7 @@ VARIANTS = {
     "drop0.1": {"--dropout": "0.1"},
     "drop0.3": {"--dropout": "0.3"},
     "wd0.1": {"--weight-decay": "0.1"},
+    "wd0.3": {"--weight-decay": "0.3"},
     "no-ema": {"--ema-decay": None},
     "constant-lr": {"--lr-schedule": "constant"},
     "z64-drop0.2": {"--latent-size": "64", "--dropout": "0.2"},
