@@ -272,6 +272,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def paired(rows: list[dict], reference: str = "DisARM", others=("ARM", "ARMS", "RLOO", "REBAR", "RELAX")):
+    """Per model: ``reference`` minus each other estimator in test log p(x), seed by seed (paired)."""
+    lines = [
+        f"| model | {reference} minus | per seed (test log p(x), nats) | wins of {reference} |",
+        "|---|---|---|---:|",
+    ]
+
+    def by_seed(model, name):
+        return {r["seed"]: r["test_log_px"] for r in rows if r["model"] == model and r["estimator"] == name}
+
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ref = by_seed(model, reference)
+        for name in others:
+            other = by_seed(model, name)
+            seeds = sorted(set(ref) & set(other))
+            if not seeds:
+                continue
+            diffs = [ref[s] - other[s] for s in seeds]
+            cells = ", ".join(f"{d:+.2f}" for d in diffs)
+            lines.append(f"| {model} | {name} | {cells} | {sum(d > 0 for d in diffs)} of {len(diffs)} |")
+    return "\n".join(lines)
+
+
+def report(paths: list[str]) -> None:
+    """Print the table and the paired comparisons of JSON-line result files."""
+    rows = [json.loads(line) for path in paths for line in open(path, encoding="utf-8") if line.strip()]
+    print(table(rows))
+    print()
+    print(paired(rows))
+    cpu = sum(r.get("cpu_s", 0.0) for r in rows)
+    stopped = sum(r.get("stopped_early", False) for r in rows)
+    print(f"\n{len(rows)} runs, {stopped} stopped early, {cpu / 60:.1f} CPU-minutes in the runs")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="most optimisation steps per run")
@@ -293,7 +327,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default=None, help="append one JSON line per run to this file")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest here)")
+    parser.add_argument("--report", nargs="+", default=None, help="only print tables of these JSONL files")
     args = parser.parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
 
     torch.set_num_threads(args.threads)
     data = load_digits_binary(args.valid_frac)
