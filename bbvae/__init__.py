@@ -15,7 +15,8 @@ floor or a lower one, never from a higher one; ``tests/test_layout.py`` checks i
 3. losses: ``bbvae.losses`` (ELBO, IWAE, VIMCO, NVIL, RWS, Concrete, FIVO, ...)
 2. sequential core: ``bbvae.sequential`` (the step contract, the views, SMC, observation
    families, networks, the shipped sequence models, sampling, evaluation)
-1. static models: ``bbvae.models``, ``bbvae.evaluation``, ``bbvae.diagnostics``, ``bbvae.flows``
+1. static models: ``bbvae.models`` (with ``bbvae.models_layered``, the layered SBN),
+   ``bbvae.evaluation``, ``bbvae.diagnostics``, ``bbvae.flows``
    (normalising flows from the optional zuko)
 0. base: ``bbvae.base`` (InfNet, GenModel), ``bbvae._validation``, ``bbvae._math`` (log-weight
    arithmetic), ``bbvae.checkpoint``, ``bbvae.data.batching`` (SequenceBatch, collate)

@@ -4,6 +4,10 @@
   log p(x) and p(z | x) are Gaussian in closed form.
 * Sigmoid belief net: ``z ~ Bernoulli(sigmoid(a))``, ``x | z ~ Bernoulli(sigmoid(f(z)))``.
   Its latents cannot be reparametrized; for a few latents log p(x) is exact by enumeration.
+* Sigmoid belief net with several stochastic layers, ``x <- z_1 <- z_2 <- ... <- z_L``, and its
+  layered q(z|x) = q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}) (``LayeredSigmoidBeliefNet``,
+  ``LayeredBernoulliInfNet``, ``bernoulli_log_mass``); they live in :mod:`bbvae.models_layered`
+  and are importable from here (loaded on first use).
 """
 
 from __future__ import annotations
@@ -263,3 +267,15 @@ def all_binary_configurations(n_bits: int, like: torch.Tensor) -> torch.Tensor:
     codes = torch.arange(2**n_bits, device=like.device)
     bits = (codes.unsqueeze(1) >> torch.arange(n_bits, device=like.device)) & 1
     return bits.to(like.dtype)
+
+
+_LAYERED = ("LayeredBernoulliInfNet", "LayeredSigmoidBeliefNet", "bernoulli_log_mass")
+
+
+def __getattr__(name: str):
+    # The layered SBN lives in its own module, which imports this one: loaded on first use.
+    if name in _LAYERED:
+        from bbvae import models_layered
+
+        return getattr(models_layered, name)
+    raise AttributeError(f"module 'bbvae.models' has no attribute {name!r}")

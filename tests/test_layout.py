@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "bbvae.checkpoint": 0,
     "bbvae.data.batching": 0,
     "bbvae.models": 1,
+    "bbvae.models_layered": 1,
     "bbvae.evaluation": 1,
     "bbvae.diagnostics": 1,
     "bbvae.flows": 1,

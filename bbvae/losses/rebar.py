@@ -17,11 +17,26 @@ the discrete log-masses written linearly in ``z`` so they extend to relaxed late
 variance of ``g``: since ``E[g]`` does not depend on them, the gradient of ``E[|g|^2]`` is that
 of the variance (the "variance-gradient trick"). The squared norm is taken of the gradient with
 respect to the logits of each data point, averaged over the batch.
+
+**Layered q** (``q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1})``, the protocol of
+:mod:`bbvae.losses.layered`). One hard chain ``b = (b_1, ..., b_L)`` is drawn from uniforms
+``u_1, ..., u_L`` (``b_l = [a_l(b_<l) + logit(u_l) > 0]``), and the estimator above is applied
+layer by layer: for layer ``l``, with ``b_<l`` fixed, ``f(b)`` is a function of ``b_l`` whose later
+layers are drawn conditionally (with the fixed noise ``u_>l``), and the control variate is
+``c_l(z~_l) = eta * f~(b_<l, s_l, s_>l)``: the relaxed signal at ``s_l = sigma_lambda(z~_l)``, with
+the relaxation carried through the later layers, ``s_m = sigma_lambda(a_m(b_<l, s_l, .., s_m-1) +
+logit(u_m))`` (the same noise as the hard chain, so ``c_l`` follows ``f``; continuous in ``z~_l``,
+as the pathwise terms need). ``b_<l`` and ``u_>l`` are independent of layer ``l``'s noise, so each
+layer's estimate is unbiased for its part of the gradient, ``J_l^T grad_{a_l} E[f | b_<l]``
+(``J_l`` the Jacobian of ``a_l(b_<l)`` in q's parameters). A draw costs ``1 + 2 L`` evaluations of
+p (the hard chain; ``z~_l`` and ``z~_l|b_l`` per layer). The variance proxy is the squared norm of
+all layers' logit gradients.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +46,7 @@ from bbvae.base import GenModel, InfNet
 from bbvae.losses.base import Loss
 from bbvae.losses.concrete import _BERNOULLI, _check_temperature, discrete_log_prob
 from bbvae.losses.discrete import discrete_logits, learning_signal, relaxed_log_joint, sum_latent_dims
+from bbvae.losses.layered import layer_logits, layer_sizes_of
 
 
 def _uniform(shape, like: torch.Tensor) -> torch.Tensor:
@@ -94,9 +110,10 @@ class REBAR(Loss):
 
     Args:
         inf_net: q(z|x) whose ``distribution()`` is a Bernoulli or OneHotCategorical (optionally
-            ``Independent``).
+            ``Independent``), or a layered Bernoulli q of ``L`` layers
+            (:class:`~bbvae.models.LayeredBernoulliInfNet`; see the module docstring).
         gen_model: p(x, z).
-        n_samples: draws per data point (3 model evaluations each).
+        n_samples: draws per data point (3 model evaluations each; ``1 + 2 L`` for a layered q).
         temperature: initial ``lambda > 0`` (trained; Tucker et al. start at 0.5).
         scale: initial ``eta`` (trained; 1 by default).
         learn_temperature, learn_scale: whether ``lambda`` / ``eta`` are trained (by the variance
@@ -106,7 +123,8 @@ class REBAR(Loss):
         loss_history_, log_p_, log_q_, bound_: see :class:`~bbvae.losses.Loss`.
         temperature_ (Tensor), scale_ (Tensor): the current ``lambda`` and ``eta`` (scalars).
         logit_gradient_ (Tensor): ``[batch, *latent]`` the estimate of the ELBO's gradient with
-            respect to q's logits, last call, detached.
+            respect to q's logits, last call, detached. For a layered q, a tuple per layer:
+            ``[batch, L_1]``, then ``[batch, K, L_l]`` (the logits ``a_l(b_<l)`` of each draw).
         variance_ (Tensor): ``[batch]`` its squared norm per data point (the variance proxy that
             the control variate minimises), detached.
     """
@@ -149,6 +167,8 @@ class REBAR(Loss):
     def estimate(self, x: torch.Tensor, **context) -> tuple[torch.Tensor, torch.Tensor]:
         name = type(self).__name__
         q = self.inf_net(x, **context)
+        if layer_sizes_of(q) is not None:
+            return self._layered_estimate(x, q)
         kind, logits = discrete_logits(q, x, name)  # [batch, *latent]
         k = self.n_samples
         a_leaf = logits.detach().requires_grad_(torch.is_grad_enabled())
@@ -178,20 +198,94 @@ class REBAR(Loss):
         objective = log_p.mean(dim=1) + (grad.detach() * logits).flatten(1).sum(dim=1)
         return bound, objective - self._variance_term(variance.mean())
 
+    def _layered_estimate(self, x: torch.Tensor, q) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer-wise estimator for a layered q (see the module docstring)."""
+        name = type(self).__name__
+        sizes = layer_sizes_of(q)
+        k, batch = self.n_samples, x.shape[0]
+        grad_on = torch.is_grad_enabled()
+        logits, leaves, chain = [], [], _Chain([], [], [], [])
+        for index, size in enumerate(sizes):
+            a_graph = layer_logits(q, index, chain.hard, batch, name)  # [batch, L_1] or [batch, K, L_l]
+            leaf = a_graph.detach().requires_grad_(grad_on)
+            a = leaf.unsqueeze(1).expand(batch, k, size) if index == 0 else leaf  # [batch, K, L_l]
+            u = _uniform(a.shape, a)
+            z_tilde, b = continuous_sample(_BERNOULLI, a, u)
+            logits.append(a_graph)
+            leaves.append(leaf)
+            chain.logits.append(a)
+            chain.hard.append(b)
+            chain.uniforms.append(u)
+            chain.z_tilde.append(z_tilde)
+        b = torch.cat(chain.hard, dim=-1)  # [batch, K, D]
+        log_q = q.log_prob(b)
+        log_p = self.gen_model(x, b).log_prob(x, b)
+        log_w = self.record(log_p, log_q)
+        bound = log_w.detach().mean(dim=1)
+        if not grad_on:
+            return bound, bound
+        f, usable = learning_signal(log_w)  # [batch, K]
+        trains = any(p.requires_grad for p in self.control_variate_parameters())
+        objective = log_p.mean(dim=1)
+        grads, variance = [], log_p.new_zeros(batch)
+        for index, leaf in enumerate(leaves):
+            a, b_l = chain.logits[index], chain.hard[index]
+            z_cond = conditional_sample(_BERNOULLI, a, b_l, _uniform(a.shape, a))
+            c_tilde = self._layer_control(x, q, index, chain.z_tilde[index], chain)  # [batch, K]
+            c_cond = self._layer_control(x, q, index, z_cond, chain)
+            (path,) = torch.autograd.grad((c_tilde - c_cond).sum(), leaf, create_graph=trains)
+            coef = (f - c_cond).unsqueeze(-1)  # [batch, K, 1]
+            per_draw = coef * (b_l - torch.sigmoid(a).detach())  # [batch, K, L_l]
+            grad = ((per_draw.sum(dim=1) if index == 0 else per_draw) + path) / k
+            grad = torch.where(usable.reshape(-1, *([1] * (grad.dim() - 1))), grad, 0.0)
+            variance = variance + grad.square().flatten(1).sum(dim=1)
+            objective = objective + (grad.detach() * logits[index]).flatten(1).sum(dim=1)
+            grads.append(grad.detach())
+        self.logit_gradient_ = tuple(grads)
+        self.variance_ = variance.detach()
+        return bound, objective - self._variance_term(variance.mean())
+
+    def _layer_control(self, x: torch.Tensor, q, index: int, z: torch.Tensor, chain) -> torch.Tensor:
+        """``c_l`` ``[batch, K]`` at layer ``index``'s continuous sample ``z`` ``[batch, K, L_l]``.
+
+        The earlier layers are the hard chain's; the relaxation ``s_l`` is carried through the later
+        layers with the hard chain's noise; the log-masses of q are linear in the relaxed values.
+        """
+        temperature = self.log_temperature.exp()
+        s = relax_sample(_BERNOULLI, z, temperature)
+        layers = [*chain.hard[:index], s]
+        log_q = sum(
+            discrete_log_prob(_BERNOULLI, a.detach(), h).sum(dim=-1)
+            for a, h in zip(chain.logits[:index], chain.hard[:index])
+        )
+        log_q = log_q + discrete_log_prob(_BERNOULLI, chain.logits[index], s).sum(dim=-1)
+        for later in range(index + 1, len(chain.hard)):
+            a = layer_logits(q, later, layers, x.shape[0], type(self).__name__)
+            u = chain.uniforms[later]
+            s = relax_sample(_BERNOULLI, a + torch.log(u) - torch.log1p(-u), temperature)
+            log_q = log_q + discrete_log_prob(_BERNOULLI, a, s).sum(dim=-1)
+            layers.append(s)
+        return self.relaxed_control(x, torch.cat(layers, dim=-1), log_q, _BERNOULLI)
+
     def control_variate(self, x: torch.Tensor, z: torch.Tensor, a: torch.Tensor, kind: str) -> torch.Tensor:
         """``c(z~)`` ``[batch, K]`` at continuous samples ``z`` ``[batch, K, *latent]`` (logits ``a``).
 
         REBAR's: ``eta * (log p(x, s) - log q(s|x))`` at ``s = sigma_lambda(z~)``, with the
         discrete log-masses linear in ``s``.
         """
-        return self.scale * self.relaxed_signal(x, z, a, kind)
-
-    def relaxed_signal(self, x, z, a, kind) -> torch.Tensor:
-        """``f(sigma_lambda(z~)) = log p(x, s) - log q(s|x)`` ``[batch, K]``, ``s`` the relaxed sample."""
         s = relax_sample(kind, z, self.log_temperature.exp())
         n_dims = s.dim() - 2 if kind == _BERNOULLI else s.dim() - 3
         log_q = sum_latent_dims(discrete_log_prob(kind, a, s), n_dims)
-        return relaxed_log_joint(self.gen_model, x, s, kind, type(self).__name__) - log_q
+        return self.relaxed_control(x, s, log_q, kind)
+
+    def relaxed_control(
+        self, x: torch.Tensor, s: torch.Tensor, log_q: torch.Tensor, kind: str
+    ) -> torch.Tensor:
+        """The control variate ``[batch, K]`` at relaxed latents ``s`` with relaxed ``log q`` ``[batch, K]``.
+
+        REBAR's: ``eta * (log p(x, s) - log q(s|x))``.
+        """
+        return self.scale * (relaxed_log_joint(self.gen_model, x, s, kind, type(self).__name__) - log_q)
 
     def _variance_term(self, variance: torch.Tensor) -> torch.Tensor:
         """A zero-valued scalar with ``variance``'s gradient for the control variate's parameters only.
@@ -211,6 +305,16 @@ class REBAR(Loss):
     def control_variate_parameters(self):
         """The parameters the variance gradient trains: ``eta`` and ``log lambda`` here."""
         return [self.log_temperature, self.scale]
+
+
+class _Chain(NamedTuple):
+    """The hard chain of a layered draw, one entry per layer: logits ``[batch, K, L_l]`` (layer 0's
+    expanded from its leaf), binary samples, their uniforms and continuous samples ``z~_l``."""
+
+    logits: list
+    hard: list
+    uniforms: list
+    z_tilde: list
 
 
 def _first_float_param(module: nn.Module) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from bbvae._validation import shape_str
 from bbvae.base import GenModel, InfNet
-from bbvae.losses.rebar import REBAR, relax_sample
+from bbvae.losses.rebar import REBAR
 
 #: Hidden units of the default surrogate network (one tanh layer).
 DEFAULT_SURROGATE_HIDDEN = 50
@@ -73,8 +73,10 @@ class RELAX(REBAR):
                 z = q.sample(1)
             self._build_default(x, z)
 
-    def control_variate(self, x: torch.Tensor, z: torch.Tensor, a: torch.Tensor, kind: str) -> torch.Tensor:
-        s = relax_sample(kind, z, self.log_temperature.exp())
+    def relaxed_control(
+        self, x: torch.Tensor, s: torch.Tensor, log_q: torch.Tensor, kind: str
+    ) -> torch.Tensor:
+        """``r_psi(x, s)`` plus REBAR's ``eta * (log p(x, s) - log q(s|x))`` (if ``rebar_term``)."""
         net = self._surrogate_module(x, s)
         learned = net(x, s)
         expected = tuple(s.shape[:2])
@@ -87,7 +89,7 @@ class RELAX(REBAR):
             )
         if not self.rebar_term:
             return learned
-        return super().control_variate(x, z, a, kind) + learned
+        return super().relaxed_control(x, s, log_q, kind) + learned
 
     def control_variate_parameters(self):
         params = list(super().control_variate_parameters()) if self.rebar_term else [self.log_temperature]
