@@ -32,6 +32,9 @@ The optimised diagonal q's gap is the diagonal family's approximation gap; the r
 diagonal q's gap is its amortisation gap, which a richer family does not remove by itself.
 
     python -m benchmarks.bench_flows --q-steps 3000 --out benchmarks/results/flows/digits_sweep.json
+
+``--protocol joint`` runs the other protocol instead, p and q trained together (one VAE per q
+family): :mod:`benchmarks.bench_flows_joint`, which takes its own options.
 """
 
 from __future__ import annotations
@@ -235,9 +238,19 @@ def add_gaps(rows: dict, selected_diag: str, args) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", choices=("frozen", "joint"), default="frozen")
+    known, rest = pre.parse_known_args(argv)
+    if known.protocol == "joint":
+        from benchmarks.bench_flows_joint import main as joint_main
+
+        return joint_main(rest)
     from sklearn.datasets import load_digits
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--protocol", choices=("frozen", "joint"), default="frozen",
+                    help="frozen: p trained with a diagonal q, then frozen (below); joint: p and q train "
+                    "together, one VAE per q (benchmarks.bench_flows_joint, its own options)")  # fmt: skip
     ap.add_argument("--latent-size", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--vae-steps", type=int, default=2000)
