@@ -279,7 +279,7 @@ def test_layered_q_is_refused_with_clear_messages(sbn2):
         DisARM(q, p, n_samples=4)
     with pytest.raises(ValueError, match=r"ARMS: with a layered inf_net of 2 layers.*got 4"):
         ARMS(q, p, n_samples=4)
-    with pytest.raises(ValueError, match="bound='iwae' is for a q with one stochastic layer"):
+    with pytest.raises(ValueError, match="bound='iwae' is implemented for a plain factorised Bernoulli"):
         ARM(q, p, n_samples=6, bound="iwae")
     with pytest.raises(TypeError, match="has no distribution"):
         Concrete(q, p)(sbn2.x)

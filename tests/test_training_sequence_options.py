@@ -106,3 +106,39 @@ def test_sequence_model_and_cli_chunk_options(tmp_path):
     assert main([*args, "--latent-size", "2", "--remat-chunk", "4", "--tbptt-chunk", "8"]) == 0
     settings = json.loads((logdir / "config.json").read_text())["settings"]
     assert (settings["remat_chunk"], settings["tbptt_chunk"]) == (4, 8)
+
+
+def test_resuming_with_another_truncation_is_refused(tmp_path):
+    # Truncation is another gradient estimator: a run checkpointed with tbptt_chunk=2 does not go
+    # on silently without it (or with another chunk); the same setting resumes.
+    from bbvae.checkpoint import CheckpointError
+
+    def trainer(max_steps=4, **options):
+        model = _vrnn()
+        loss = FIVO(model.inf_net, model.gen_model, 3, ess_threshold=0.9)
+        return Trainer(
+            loss, batch_size=2, max_steps=max_steps, log_every=1, progress=False, seed=0,
+            logdir=str(tmp_path), checkpoint_every=2, **options,
+        )  # fmt: skip
+
+    trainer(tbptt_chunk=2).fit(_sequences())
+    for other in (None, 3):
+        with pytest.raises(CheckpointError, match="tbptt_chunk=2 there"):
+            trainer(tbptt_chunk=other, max_steps=6).fit(_sequences(), resume=True)
+    trainer(tbptt_chunk=2, max_steps=6).fit(_sequences(), resume=True)
+
+
+def test_a_compile_dict_with_a_callable_backend_is_checkpointed_by_name(tmp_path, recorded_compile):
+    def my_backend(gm, example_inputs):  # (never called: torch.compile is recorded here)
+        return gm
+
+    model = _vrnn()
+    loss = FIVO(model.inf_net, model.gen_model, 3, ess_threshold=0.9)
+    options = dict(batch_size=2, log_every=1, progress=False, seed=0, logdir=str(tmp_path))
+    options["checkpoint_every"] = 2
+    Trainer(loss, max_steps=2, compile={"backend": my_backend}, **options).fit(_sequences())
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)  # plain types only: loads safely
+    assert saved["config"]["compile"]["backend"].endswith("my_backend")
+    resumed = Trainer(loss, max_steps=4, compile={"backend": my_backend}, **options)
+    resumed.fit(_sequences(), resume=True)
+    assert resumed.n_iter_ == 4

@@ -221,9 +221,9 @@ class _PairedBernoulli(_AntitheticBernoulli):
             raise ValueError(f"{name}: expected bound 'elbo' or 'iwae', got {bound!r}")
         if bound == "iwae" and sizes is not None:
             raise ValueError(
-                f"{name}: bound='iwae' is for a q with one stochastic layer; inf_net is layered "
-                f"(layer_sizes {list(sizes)}), for which only bound='elbo' is implemented (use VIMCO for "
-                "the multi-sample bound)"
+                f"{name}: bound='iwae' is implemented for a plain factorised Bernoulli q only; inf_net "
+                f"follows the layered protocol (layer_sizes {list(sizes)}), for which only bound='elbo' "
+                "is implemented (use VIMCO for the multi-sample bound)"
             )
         self.bound = bound
         self.importance_weighted = bound == "iwae"

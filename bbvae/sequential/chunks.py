@@ -18,14 +18,15 @@ needs, a pytree of tensors; ``inputs_t``: the step's encoded items; ``out_t``: w
   uniforms). The bound and the gradients are therefore those of the plain loop (the same
   operations on the same numbers), for one more forward pass of the steps. Unused under
   ``torch.no_grad()`` and when ``N >= T`` (one chunk would keep all of it again in the backward).
-* ``tbptt_chunk=M``, **truncated backpropagation through time**: the carry (the recurrent state
-  and, in SMC, the particles' log-weights) of the sequences still running is detached before
-  steps ``M, 2M, ...`` (a sequence that has ended keeps its final weights whole). Every value
-  is unchanged (the same draws, the same bound); the gradient is **a different, biased
-  estimator**: it drops every path from a step's output back through a chunk boundary (e.g. how
-  ``h_{t}`` of an earlier chunk changed the later log-weights). With ``M >= T`` it is the full
-  gradient. By itself it does not lower the memory (the graph of every chunk lives until the
-  backward); combined with ``remat_chunk`` it does, as checkpointing alone does.
+* ``tbptt_chunk=M``, **truncated backpropagation through time**: the model's recurrent state
+  of the sequences still running is detached before steps ``M, 2M, ...``; SMC's accumulated
+  log-weights cross the boundary whole (a :class:`Carry`), since every step's weight is a term of
+  the bound whose own gradient must stay. Every value is unchanged (the same draws, the same
+  bound); the gradient is **a different, biased estimator**: it drops every path from a step's
+  output back through the state at a chunk boundary (e.g. how ``h_{t}`` of an earlier chunk
+  changed the later log-weights). With ``M >= T`` it is the full gradient. By itself it does
+  not lower the memory (the graph of every chunk lives until the backward); combined with
+  ``remat_chunk`` it does, as checkpointing alone does.
 
 Why not ``torch.utils.checkpoint``: its non-reentrant form (the one that supports
 ``torch.autograd.grad``) still builds the graph of every step in the forward and only drops the
@@ -49,14 +50,14 @@ depends on ``x`` alone (the model's ``encode``) runs once before the loop and is
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils import _pytree
 
 from bbvae.sequential.pytree import tree_map, tree_where
 
-__all__ = ["CHUNK_OPTIONS", "check_chunk", "resolve_chunks", "run_steps"]
+__all__ = ["CHUNK_OPTIONS", "Carry", "check_chunk", "resolve_chunks", "run_steps"]
 
 #: The chunking options, as drivers, losses, models, ``SequenceModel`` and ``Trainer`` name them.
 CHUNK_OPTIONS = ("remat_chunk", "tbptt_chunk")
@@ -90,8 +91,20 @@ def resolve_chunks(model, remat_chunk, tbptt_chunk, where: str) -> tuple[int | N
     return values[0], values[1]
 
 
+class Carry(NamedTuple):
+    """A carry of which truncation detaches only ``state``; ``whole`` crosses chunk boundaries with
+    its gradient (SMC's accumulated log-weights: each step's weight is a term of the bound, whose
+    own gradient truncation must keep)."""
+
+    state: Any
+    whole: Any
+
+
 def _detach(carry: Any, running: torch.Tensor | None) -> Any:
-    """The carry detached, for the sequences still ``running`` (``[batch]`` bool; ``None``: all)."""
+    """The carry detached, for the sequences still ``running`` (``[batch]`` bool; ``None``: all);
+    of a :class:`Carry`, only its ``state``."""
+    if isinstance(carry, Carry):
+        return Carry(_detach(carry.state, running), carry.whole)
     detached = tree_map(torch.Tensor.detach, carry)
     return detached if running is None else tree_where(running, detached, carry)
 
@@ -196,6 +209,12 @@ class _Recompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         chunk, n_tensors = ctx.chunk, ctx.n_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the recomputation is on detached inputs
+            raise RuntimeError(
+                f"remat_chunk: double backward (create_graph=True) through the checkpointed time steps "
+                f"{chunk.start}.. is not supported: its recomputed gradients would lose their dependence "
+                "on earlier chunks; run without remat_chunk for higher-order gradients"
+            )
         saved = ctx.saved_tensors
         tensors = [t.detach().requires_grad_(True) for t in saved[:n_tensors]]
         params = list(saved[n_tensors:])  # (read by the step as they are: not detached)
@@ -220,7 +239,6 @@ class _Recompute(torch.autograd.Function):
             wrt,
             [grad for _, grad in pairs],
             allow_unused=True,
-            create_graph=torch.is_grad_enabled(),
         )
         return (None, None, *found)
 
@@ -261,8 +279,8 @@ def run_steps(
         generator: the explicit ``torch.Generator`` the body draws from, if any.
         masks: ``T`` tensors ``[batch]`` bool, True where step ``t`` is within the sequence
             (``None``: every step is). Truncation detaches the carry of the sequences still running
-            only: a sequence that has ended keeps its carry (e.g. its final log-weights) whole.
-            The carry's leaves must then be ``[batch, ...]``.
+            only (of a :class:`Carry`, only its ``state``); the carry's leaves must then be
+            ``[batch, ...]``.
 
     Returns:
         ``(carry after step T - 1, [out_0, ..., out_{T-1}])``.
@@ -270,6 +288,13 @@ def run_steps(
     n_steps = len(inputs)
     if remat_chunk is None or remat_chunk >= n_steps or not torch.is_grad_enabled():
         return _run(body, 0, carry, inputs, tbptt_chunk, masks)
+    if anchor.device.type not in ("cpu", "cuda"):
+        # (only the CPU's and CUDA's random states are saved and replayed: elsewhere the
+        # recomputation would draw other numbers and the gradients would be silently wrong)
+        raise NotImplementedError(
+            f"remat_chunk: checkpointed time steps replay the random draws of the CPU and CUDA only; "
+            f"got data on {anchor.device.type!r} (run without remat_chunk there)"
+        )
     params = [p for p in params if p.requires_grad]
     outs: list = []
     for start in range(0, n_steps, remat_chunk):

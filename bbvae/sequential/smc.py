@@ -35,7 +35,7 @@ from bbvae.sequential.base import (
     gather_particles,
     tree_where,
 )
-from bbvae.sequential.chunks import resolve_chunks, run_steps
+from bbvae.sequential.chunks import Carry, resolve_chunks, run_steps
 from bbvae.sequential.compiled import model_step
 
 Resampler = Callable[..., torch.Tensor]
@@ -241,9 +241,10 @@ def smc(
             the same proposals and resampling uniforms (also those of ``generator``): the same values and
             gradients, with one chunk's activations alive instead of all ``T`` steps'
             (:mod:`bbvae.sequential.chunks`). ``None``: ``model.remat_chunk`` (default off).
-        tbptt_chunk: truncated backpropagation through time: the particle system (the model state
-            and the log-weights) is carried on but detached every this many steps. The same values
-            (bound, draws, diagnostics); a different, biased gradient, without the paths through
+        tbptt_chunk: truncated backpropagation through time: the model state of the particles is
+            carried on but detached every this many steps (the accumulated log-weights keep their
+            gradient: each step's weight is a term of the bound). The same values (bound, draws,
+            diagnostics); a different, biased gradient, without the paths through the state at
             the chunk boundaries. ``None``: ``model.tbptt_chunk`` (default off).
 
     Returns:
@@ -281,7 +282,7 @@ def smc(
     valid_k = list(torch.stack(masks, dim=1).unsqueeze(2).unbind(1)) if masks is not None else None
     const: dict[str, torch.Tensor] = {}  # made at the first step, without gradient
 
-    def body(t: int, carry, encoded_t):
+    def body(t: int, carry: Carry, encoded_t):
         state, log_w = carry
         out = step_fn(state, encoded_t, reparametrize=reparametrize)
         if t == 0:
@@ -306,7 +307,7 @@ def smc(
         # Resample where the ESS is low, but never past a sequence's end or at its last step.
         if not may_resample or t == n_steps - 1:
             kept = _Step(out.log_p, out.log_q, detached, z_t, step_ess, const["never"], identity, None, None)
-            return (state, log_w), kept
+            return Carry(state, log_w), kept
         # (threshold 1 resamples even equal weights, whose ESS is exactly K)
         do = step_ess < ess_threshold * k if ess_threshold < 1.0 else step_ess >= 0.0
         if masks is not None:
@@ -323,11 +324,11 @@ def smc(
             log_w = torch.where(do.unsqueeze(1), gathered - gathered.detach(), log_w)
         else:
             log_w = torch.where(do.unsqueeze(1), zero, log_w)
-        return (model.reorder(state, anc), log_w), kept
+        return Carry(model.reorder(state, anc), log_w), kept
 
     params = list(model.parameters()) if remat_chunk is not None else ()
     (state, log_w), steps = run_steps(
-        body, (state, None), list(encoded), x, params, remat_chunk, tbptt_chunk, generator, masks
+        body, Carry(state, None), list(encoded), x, params, remat_chunk, tbptt_chunk, generator, masks
     )
     zero = const["zero"]
     resampled = [step.resampled for step in steps]

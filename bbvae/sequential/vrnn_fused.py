@@ -44,12 +44,15 @@ def _relu_dropout(module: nn.Module) -> float | None:
     return p if isinstance(module, nn.ReLU) else None
 
 
-def _relu(module: nn.Module, dropout: float) -> bool:
-    """A ReLU slot whose dropout rate is the model's (0.0 or ``dropout``)."""
-    return _relu_dropout(module) in (0.0, dropout)
+def _relu(module: nn.Module, dropout: float | None) -> bool:
+    """A ReLU slot; with ``dropout`` given (active), one whose rate is exactly that: the fused step
+    applies the model's rate to every slot, so a slot without dropout (or with another rate) must
+    run the general step."""
+    rate = _relu_dropout(module)
+    return rate is not None and (dropout is None or rate == dropout)
 
 
-def _plain_mlp(net: nn.Module, dropout: float) -> bool:
+def _plain_mlp(net: nn.Module, dropout: float | None) -> bool:
     """``Linear, ReLU, Linear``: one hidden layer."""
     return (
         isinstance(net, nn.Sequential)
@@ -60,7 +63,7 @@ def _plain_mlp(net: nn.Module, dropout: float) -> bool:
     )
 
 
-def _plain_head(head, dropout: float) -> bool:
+def _plain_head(head, dropout: float | None) -> bool:
     tail = head.tail
     return (
         len(head.hidden_sizes) == 1
@@ -78,7 +81,7 @@ def fused_applies(model) -> bool:
     if not model.fuse or model.cell_type != "lstm":
         return False
     # (checked at every encode, once per sequence: a replaced submodule is seen at once)
-    p = model.dropout
+    p = _dropout_rate(model) or None  # the rate every slot must have while dropout is active
     return (
         _plain_mlp(model.decoder, p)
         and _plain_mlp(model.z_encoder, p)

@@ -186,8 +186,10 @@ class TrainerCheckpointing:
         problems = []
         keys = ("optimizer", "optimizer_kwargs", "batch_size", "use_inputs", "ema_decay")
         keys += ("lr_schedule", "lr_schedule_kwargs", "warmup_steps", "warmup_start_factor")
+        keys += ("tbptt_chunk",)  # (another gradient estimator; remat_chunk and compile are not)
         # what a checkpoint written before a setting existed means by its absence
         absent = {"lr_schedule_kwargs": {}, "warmup_steps": 0, "warmup_start_factor": 0.01}
+        absent["tbptt_chunk"] = None
         for key in keys:
             value = saved.get(key, absent.get(key))
             obj = getattr(self, key, None)

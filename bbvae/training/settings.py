@@ -132,7 +132,7 @@ class TrainerSettings:
             "warmup_start_factor": float(self.warmup_start_factor),
             "ema_decay": self.ema_decay,
             "scheduled_sampling": _spec(getattr(self, "scheduled_sampling", None)),
-            "compile": getattr(self, "compile", False),
+            "compile": _compile_spec(getattr(self, "compile", False)),
             "remat_chunk": getattr(self, "remat_chunk", None),
             "tbptt_chunk": getattr(self, "tbptt_chunk", None),
         }
@@ -179,3 +179,12 @@ class TrainerSettings:
 def _spec(spec: Any) -> Any:
     """A scheduled-sampling spec as built-in types (a ScheduledSampling as its string)."""
     return spec.spec() if isinstance(spec, ScheduledSampling) else spec
+
+
+def _compile_spec(spec: Any) -> Any:
+    """``compile`` as built-in types for the checkpoint's config: a dict of ``torch.compile``
+    keywords keeps its plain values and names its callables (e.g. a custom ``backend``)."""
+    if not isinstance(spec, dict):
+        return spec
+    plain = (str, int, float, bool, type(None))
+    return {key: value if isinstance(value, plain) else qualname(value) for key, value in spec.items()}

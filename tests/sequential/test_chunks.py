@@ -47,8 +47,12 @@ def _model(seq, name):
     torch.manual_seed(0)
     if name == "vrnn":
         return seq.neural(VRNN), seq.make_x("bernoulli", 3, T)
-    if name == "vrnn-dropout":  # dropout active: the general (unfused) step, with random masks
+    if name == "vrnn-dropout":  # dropout active: the fused step, drawing its masks
         return seq.neural(VRNN, dropout=0.3).train(), seq.make_x("bernoulli", 3, T)
+    if name == "vrnn-dropout-general":  # dropout active in the general step (nn.Dropout modules)
+        model = seq.neural(VRNN, dropout=0.3).train()
+        model.fuse = False
+        return model, seq.make_x("bernoulli", 3, T)
     if name == "srnn":
         return seq.neural(SRNN, observation="normal"), seq.make_x("normal", 3, T)
     if name == "ghmm":
@@ -100,6 +104,7 @@ CASES = [
     ("vrnn", "fivo-score"),
     ("vrnn", "fivo-stop_gradient"),
     ("vrnn-dropout", "fivo-none"),
+    ("vrnn-dropout-general", "fivo-none"),
     ("srnn", "iwae"),
     ("srnn", "fivo-score"),
     ("srnn", "fivo-stop_gradient"),
@@ -366,19 +371,44 @@ def test_truncated_gradients_equal_a_hand_written_truncated_loop(seq, name):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_truncation_changes_nothing_where_no_gradient_crosses_the_boundaries(seq):
-    # The toy model's state never feeds the next step, a filter resampling at every step starts
-    # each step from uniform weights, and a sequence that has ended keeps its final weights whole
-    # (they are not detached at the later boundaries): nothing crosses a boundary, nothing is cut.
+@pytest.mark.parametrize("ess_threshold", [1.0, 0.5, 0.0])
+def test_truncation_changes_nothing_where_no_gradient_crosses_the_boundaries(seq, ess_threshold):
+    # The toy model's state never feeds the next step, and truncation cuts the state only: the
+    # log-weights accumulated since the last resampling (all of them when the filter never
+    # resamples) keep their gradient across the boundaries. Nothing crosses a boundary through the
+    # state, so nothing is cut. (A version that also detached the accumulated log-weights loses
+    # every step's own gradient before the last boundary at thresholds 0.5 and 0.)
     model = seq.InputShiftModel().double()
     x, u = torch.randn(3, T, 1, dtype=torch.float64), torch.randn(3, T, 1, dtype=torch.float64)
 
     def grad(tbptt_chunk):
         torch.manual_seed(3)
-        result = smc(model, x, K, ess_threshold=1.0, inputs=u, lengths=LENGTHS, tbptt_chunk=tbptt_chunk)
+        result = smc(
+            model, x, K, ess_threshold=ess_threshold, inputs=u, lengths=LENGTHS, tbptt_chunk=tbptt_chunk
+        )
         return torch.autograd.grad(result.log_z.sum(), [model.bias])[0]
 
     torch.testing.assert_close(grad(1), grad(None), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["vrnn", "ghmm"])
+def test_truncated_filter_that_never_resamples_is_truncated_iwae(seq, name):
+    # Without resampling the filter's log Z-hat is the IWAE bound, and truncation of either cuts
+    # the same paths (those through the state): the same values and the same gradients.
+    model, x = _model(seq, name)
+    params = list(model.parameters())
+
+    def grads(value):
+        return torch.autograd.grad(value.sum(), params, allow_unused=True)
+
+    torch.manual_seed(3)
+    run = run_particles(model, x, K, tbptt_chunk=CHUNK)
+    iwae = torch.logsumexp(run.log_p - run.log_q, dim=1) - math.log(K)
+    torch.manual_seed(3)
+    log_z = smc(model, x, K, ess_threshold=0.0, tbptt_chunk=CHUNK).log_z
+    torch.testing.assert_close(log_z, iwae, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads(log_z), grads(iwae)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_a_retained_graph_recomputes_again_with_the_same_draws(seq):
@@ -394,3 +424,17 @@ def test_a_retained_graph_recomputes_again_with_the_same_draws(seq):
 
     for a, b in zip(grads(CHUNK, True), grads(None, False)):
         torch.testing.assert_close(a, 2 * b, rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_through_checkpointed_steps_is_refused(seq):
+    # The recomputation differentiates detached copies of a chunk's inputs: second-order gradients
+    # through it would silently lose their dependence on earlier chunks, so they are refused.
+    model, x = _model(seq, "vrnn")
+    params = list(model.parameters())
+    torch.manual_seed(0)
+    value = run_particles(model, x, K, remat_chunk=CHUNK).log_p.sum()
+    with pytest.raises(RuntimeError, match="remat_chunk: double backward"):
+        torch.autograd.grad(value, params, create_graph=True)
+    torch.manual_seed(0)
+    first = torch.autograd.grad(run_particles(model, x, K, remat_chunk=CHUNK).log_p.sum(), params)
+    assert all(torch.isfinite(g).all() for g in first)  # first order still works

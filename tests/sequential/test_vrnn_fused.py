@@ -79,6 +79,11 @@ def test_fused_step_applies_to_the_default_lstm_vrnn_only(seq):
     odd = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.3)
     odd.decoder[1][1].p = 0.1  # a layer whose rate is not the model's: the general step
     assert not _fused_items(odd.train(), x)
+    assert _fused_items(odd.eval(), x)  # (no dropout in evaluation: any rates)
+    bare = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.3)
+    bare.decoder[1] = nn.ReLU()  # a layer without dropout: the general step while training
+    assert not _fused_items(bare.train(), x)
+    assert _fused_items(bare.eval(), x)
     scheduled = seq.neural(VRNN, "bernoulli", "lstm").set_scheduled_sampling("constant:eps=0.5").train()
     with torch.enable_grad():
         assert not _fused_items(scheduled, x)  # feedback: the general step
@@ -111,6 +116,18 @@ def test_fused_step_with_dropout_draws_the_general_steps_masks(seq, observation,
     model.eval()
     plain = _run(model, x, lengths, inputs, True)
     assert not torch.allclose(plain[0][0], fused[0][0])  # the masks changed the numbers
+
+
+def test_a_custom_layer_without_dropout_gets_none_from_the_fused_step(seq):
+    # model.dropout > 0 but a user's decoder without dropout: training must not drop its units.
+    torch.manual_seed(0)
+    model = seq.neural(VRNN, "bernoulli", "lstm", dropout=0.4).train()
+    model.decoder[1] = nn.ReLU()
+    x = seq.make_x("bernoulli", 3, 5)
+    fused = _run(model, x, None, None, True)
+    general = _run(model, x, None, None, False)
+    for a, b in zip(fused[0] + fused[1], general[0] + general[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("gradient", ["none", "score", "stop_gradient"])
