@@ -37,9 +37,12 @@ memory that way and took 2.5 times as long), while its reentrant form refuses
 
 What the body may do, as the recomputation calls it again in the backward: draw its random
 numbers from the global RNG (or the accelerator's) or from ``generator``; read differentiable
-tensors only from its carry, its inputs and the model's parameters (anything else it reads is a
-constant to the recomputation); keep no state between calls but constants; and the model must not
-change mode (``train`` / ``eval``) between the forward and the backward.
+tensors only from its carry, its inputs and the model's parameters (anything else would be a
+constant to the recomputation: with validation on, the first chunk's graph is walked and such a
+tensor is refused with an error); keep no state between calls but constants; and the model must
+not change mode (``train`` / ``eval``) between the forward and the backward. Double backward
+(``create_graph=True``) is refused, and so are devices other than the CPU and CUDA (whose random
+states are the ones replayed).
 
 Memory kept for the backward, per sequence and particle: ``T`` steps' activations for the plain
 loop; ``T / N`` carries plus the ``T`` per-step outputs with ``remat_chunk=N``, and one chunk's
@@ -55,6 +58,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils import _pytree
 
+from bbvae._validation import is_validation_enabled
 from bbvae.sequential.pytree import tree_map, tree_where
 
 __all__ = ["CHUNK_OPTIONS", "Carry", "check_chunk", "resolve_chunks", "run_steps"]
@@ -198,7 +202,10 @@ class _Recompute(torch.autograd.Function):
         ctx.save_for_backward(*args)
         # With a graph of this chunk only, dropped at once: it tells which outputs differentiate.
         with torch.enable_grad():
+            first_node = _next_node_number(args)
             flat = chunk.run(args[:n_tensors])
+        if chunk.start == 0 and is_validation_enabled():  # (once per pass: a graph walk in Python)
+            _check_inputs_only(flat, args, first_node, chunk.start)
         chunk.template = [_TENSOR if isinstance(leaf, torch.Tensor) else leaf for leaf in flat]
         outs = [leaf.detach() for leaf in flat if isinstance(leaf, torch.Tensor)]
         ctx.differentiable = [leaf.requires_grad for leaf in flat if isinstance(leaf, torch.Tensor)]
@@ -241,6 +248,41 @@ class _Recompute(torch.autograd.Function):
             allow_unused=True,
         )
         return (None, None, *found)
+
+
+def _next_node_number(like: Sequence[torch.Tensor]) -> int:
+    """The sequence number autograd gives the next graph node made on this thread (nodes made
+    earlier, e.g. by ``encode`` before the loop, have smaller ones)."""
+    like_t = like[0] if like else torch.zeros(())
+    probe = torch.zeros((), dtype=like_t.dtype, device=like_t.device, requires_grad=True) * 1
+    return probe.grad_fn._sequence_nr() + 1
+
+
+def _check_inputs_only(flat: list, inputs: Sequence[torch.Tensor], first_node: int, start: int) -> None:
+    """Raise if the chunk's graph reaches a differentiable tensor that is not one of its ``inputs``
+    (the carry's and the items' tensors, the parameters): the recomputation in the backward could
+    not give it a gradient, which would then be lost without a word."""
+    stops = {t.grad_fn for t in inputs if t.grad_fn is not None}
+    leaves = {id(t) for t in inputs if t.grad_fn is None}
+    stack = [leaf.grad_fn for leaf in flat if isinstance(leaf, torch.Tensor) and leaf.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node in seen or node in stops:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
+        if (variable is not None and id(variable) not in leaves) or (
+            variable is None and node._sequence_nr() < first_node
+        ):
+            raise RuntimeError(
+                f"remat_chunk: the step at time {start} reads a tensor that requires a gradient but is "
+                "neither in the state, in the encoded items, z nor a parameter of the model (e.g. a "
+                "tensor that encode() kept on the model): the recomputed backward could not pass "
+                "its gradient on. Return it in encode()'s per-step items or in the state, or run "
+                "without remat_chunk"
+            )
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
 
 
 def _apply(chunk: _Chunk, params: Sequence[torch.Tensor]) -> tuple[Any, list]:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from bbvae.losses import ELBO, FIVO, IWAE, VIMCO, PerStep
-from bbvae.sequential import SRNN, VRNN, multinomial_resampling, run_particles, smc
+from bbvae.sequential import SRNN, VRNN, StepOutput, multinomial_resampling, run_particles, smc
 from bbvae.sequential.pytree import tree_map
 
 T, K, CHUNK = 10, 4, 3  # 3 does not divide 10: the last chunk is shorter
@@ -438,3 +438,24 @@ def test_double_backward_through_checkpointed_steps_is_refused(seq):
     torch.manual_seed(0)
     first = torch.autograd.grad(run_particles(model, x, K, remat_chunk=CHUNK).log_p.sum(), params)
     assert all(torch.isfinite(g).all() for g in first)  # first order still works
+
+
+def test_a_step_reading_a_hidden_differentiable_tensor_is_refused(seq):
+    # A model that keeps a summary of x on itself in encode() and reads it in step(): the chunk's
+    # recomputation cannot pass that tensor's gradient on (it is no input of the chunk), so the
+    # checkpointed run refuses instead of returning a gradient without that path.
+    class HiddenContext(seq.InputShiftModel):
+        def encode(self, x, lengths=None, inputs=None):
+            self.context = x.mean(1)  # [batch, 1], differentiable in x
+            return super().encode(x, lengths, inputs)
+
+        def step(self, state, encoded_t, z=None, reparametrize=True):
+            out = super().step(state, encoded_t, z, reparametrize)
+            return StepOutput(out.state, out.z, out.log_p - self.context**2, out.log_q)
+
+    model = HiddenContext().double()
+    w = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    x = w * torch.randn(3, T, 1, dtype=torch.float64)
+    run_particles(model, x, K)  # (fine without checkpointing)
+    with pytest.raises(RuntimeError, match="remat_chunk: the step at time 0 reads a tensor"):
+        run_particles(model, x, K, remat_chunk=CHUNK)
