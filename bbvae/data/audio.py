@@ -153,6 +153,8 @@ def read_audio(path: str | os.PathLike, backend: str = "auto") -> tuple[np.ndarr
     """
     if _resolve_backend(backend, "read_audio") == "wave":
         return read_wav(path)
+    if not Path(path).is_file():  # (as the wave backend says it, not soundfile's "System error")
+        raise FileNotFoundError(f"read_audio: no audio file {str(path)!r}")
     return _read_soundfile(Path(path))
 
 
@@ -339,11 +341,14 @@ def _check_unread(folders: list[Path], asked: str) -> None:
     """With ``backend="auto"`` and no soundfile, refuse folders holding files only soundfile reads."""
     if asked != "auto":
         return
-    others = [p for f in folders for p in f.iterdir() if p.suffix.lower() in SOUNDFILE_SUFFIXES[1:]]
+    others = [
+        p for f in folders for p in f.iterdir() if p.is_file() and p.suffix.lower() in SOUNDFILE_SUFFIXES[1:]
+    ]
     if others:
         raise ImportError(
-            f"load_audio: {str(others[0])!r} (and {len(others) - 1} more non-WAV file(s)) need soundfile, "
-            f"which is not installed; {_EXTRA_HINT}, or convert them to 16-bit WAV"
+            f"load_audio: {str(others[0])!r}"
+            + (f" (and {len(others) - 1} more non-WAV file(s))" if len(others) > 1 else "")
+            + f" needs soundfile, which is not installed; {_EXTRA_HINT}, or convert to 16-bit WAV"
         )
 
 

@@ -259,7 +259,7 @@ def test_missing_soundfile_names_the_extra(tmp_path, monkeypatch):
     assert load_audio(tmp_path / "wav", frame_size=100).utterances("train")[0].shape == (5, 100)
     # ... and refuses, naming the extra, a folder holding files only soundfile reads.
     (tmp_path / "wav" / "valid" / "extra.flac").write_bytes(b"fLaC")
-    with pytest.raises(ImportError, match=r"extra\.flac.*need soundfile.*pip install 'bbvae\[audio\]'"):
+    with pytest.raises(ImportError, match=r"extra\.flac.*needs soundfile.*pip install 'bbvae\[audio\]'"):
         load_audio(tmp_path / "wav", frame_size=100)
     explicit = load_audio(tmp_path / "wav", frame_size=100, backend="wave")  # lists .wav files only
     assert [u.shape for u in explicit.utterances("valid")] == [(3, 100)]
@@ -306,3 +306,10 @@ def test_sequence_model_fits_audio_data(tmp_path):
     assert per_sequence.shape == (1,) and bool(torch.isfinite(per_sequence).all())
     per_step = est.score(data, split="test", random_state=0)
     assert per_step == pytest.approx(float(per_sequence[0]) / 18)  # 900 samples = 18 frames
+
+
+@pytest.mark.parametrize("backend", ["wave", "soundfile"])
+def test_a_missing_file_is_named_by_both_backends(tmp_path, backend):
+    # (soundfile is in the dev extra: installed wherever the tests run)
+    with pytest.raises(FileNotFoundError, match="nothere.wav"):
+        read_audio(tmp_path / "nothere.wav", backend=backend)
